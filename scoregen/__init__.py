@@ -1,0 +1,3 @@
+"""scoregen: score-based generative models (diffusion models) in PyTorch."""
+
+__version__ = "0.1.0"
