@@ -1,0 +1,191 @@
+"""``ScoreModel``: a network plus an SDE, converting between eps, score, x0 and v.
+
+With ``x_t = alpha x_0 + sigma eps`` (see :mod:`scoregen.sde`) the four common
+parametrisations are affine in one another given ``(x_t, alpha, sigma)``:
+
+    score = -eps / sigma                                  (Song & Ermon 2019; Vincent 2011)
+    x0    = (x_t - sigma eps) / alpha                     (Ho et al. 2020, eq. 15)
+    v     = alpha eps - sigma x0                          (Salimans & Ho 2022, sec. 4)
+    x0    = (alpha x_t - sigma v) / (alpha^2 + sigma^2)   (solving the two lines above)
+    eps   = (sigma x_t + alpha v) / (alpha^2 + sigma^2)
+
+so a sampler asks for what it needs and never cares what the network was trained on.
+Classifier-free guidance (Ho & Salimans 2022) mixes the conditional and unconditional
+outputs, ``out = out_u + w (out_c - out_u)``; because every conversion is affine in the
+network output, guiding the raw output is the same as guiding eps, score, x0 or v.
+The unconditional output is the network evaluated with an all-zeros condition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from scoregen.broadcast import append_dims, as_batch_times
+from scoregen.sde import SDE
+
+__all__ = ["ScoreModel", "PREDICTIONS", "Prediction"]
+
+Prediction = Literal["eps", "score", "x0", "v"]
+PREDICTIONS: tuple[str, ...] = ("eps", "score", "x0", "v")
+
+#: A network: ``(x: (B, *D), t: (B,), cond) -> (B, *D)``.
+Net = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
+
+
+class ScoreModel(nn.Module):
+    """Wrap ``net`` (any callable ``(x, t, cond) -> tensor``) with an ``sde``.
+
+    Args:
+        net: an ``nn.Module`` or plain function; ``t`` is a float tensor of shape (B,).
+        sde: the forward process the net was (or will be) trained for.
+        prediction: what the net outputs: ``"eps"``, ``"score"``, ``"x0"`` or ``"v"``.
+        guidance_scale: classifier-free guidance weight ``w`` used when a ``cond`` is
+            given: ``None`` (or 1) = plain conditional, 0 = unconditional.
+    """
+
+    def __init__(
+        self,
+        net: Net,
+        sde: SDE,
+        prediction: Prediction = "eps",
+        guidance_scale: float | None = None,
+    ) -> None:
+        super().__init__()
+        if not callable(net):
+            raise TypeError(f"net must be callable as net(x, t, cond), got {type(net).__name__}")
+        if not isinstance(sde, SDE):
+            raise TypeError(f"sde must be a scoregen SDE, got {type(sde).__name__}")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        if guidance_scale is not None and not isinstance(guidance_scale, (int, float)):
+            raise TypeError(f"guidance_scale must be a number or None, got {guidance_scale!r}")
+        self.net = net  # registered as a submodule when it is an nn.Module
+        self.sde = sde
+        self.prediction: Prediction = prediction
+        self.guidance_scale = guidance_scale
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def device(self) -> torch.device:
+        """Device of the net's first parameter, or CPU for parameter-free callables."""
+        for p in self.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """dtype of the net's first floating parameter (float32 for plain functions)."""
+        for p in self.parameters():
+            if p.is_floating_point():
+                return p.dtype
+        return torch.float32
+
+    def check_cond(self, x: Tensor, cond: Tensor | None) -> None:
+        """Raise a clear error if ``cond`` cannot belong to the batch ``x``."""
+        if cond is None:
+            return
+        if not torch.is_tensor(cond):
+            raise TypeError(f"cond must be a tensor or None, got {type(cond).__name__}")
+        if cond.ndim == 0 or cond.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"cond must have the batch size of x ({x.shape[0]}) in its first dim; "
+                f"got cond of shape {tuple(cond.shape)} for x of shape {tuple(x.shape)}"
+            )
+
+    # ------------------------------------------------------------------ network output
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        """Raw network output (in the net's own parametrisation), guidance applied."""
+        t = as_batch_times(t, x.shape[0], x)
+        w = self.guidance_scale
+        if cond is None or w is None or w == 1:
+            return self.net(x, t, cond)
+        uncond = torch.zeros_like(cond)
+        if w == 0:
+            return self.net(x, t, uncond)
+        out = self.net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, uncond]))
+        out_c, out_u = out.chunk(2)
+        return out_u + w * (out_c - out_u)
+
+    def coeffs(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(alpha, sigma)`` at ``t``: (B,), broadcast to ``x``'s rank and dtype."""
+        alpha, sigma = self.sde._alpha_sigma(t.detach().to(torch.float64))
+        return append_dims(alpha.to(x.dtype), x.ndim), append_dims(sigma.to(x.dtype), x.ndim)
+
+    def predict(
+        self,
+        x: Tensor,
+        t: Tensor,
+        cond: Tensor | None = None,
+        *,
+        alpha: Tensor | float | None = None,
+        sigma: Tensor | float | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """``(eps_hat, x0_hat)`` from one network call.
+
+        ``x``: (B, *D); ``t``: (B,). Samplers that precomputed the schedule pass
+        ``alpha``/``sigma`` (scalars or tensors broadcastable to ``x``) to skip recomputing
+        them; otherwise they are computed from ``t``.
+        """
+        t = as_batch_times(t, x.shape[0], x)
+        if alpha is None or sigma is None:
+            alpha, sigma = self.coeffs(t, x)
+        out = self(x, t, cond).to(x.dtype)
+        return self.convert(out, x, alpha, sigma)
+
+    def convert(
+        self, out: Tensor, x: Tensor, alpha: Tensor | float, sigma: Tensor | float
+    ) -> tuple[Tensor, Tensor]:
+        """Net output in ``self.prediction`` → ``(eps_hat, x0_hat)`` at ``x_t = x``."""
+        kind = self.prediction
+        if kind == "eps":
+            eps = out
+            x0 = (x - sigma * eps) / alpha
+        elif kind == "x0":
+            x0 = out
+            eps = (x - alpha * x0) / sigma
+        elif kind == "score":
+            eps = -sigma * out
+            x0 = (x - sigma * eps) / alpha
+        else:  # "v"
+            norm = alpha * alpha + sigma * sigma
+            x0 = (alpha * x - sigma * out) / norm
+            eps = (sigma * x + alpha * out) / norm
+        return eps, x0
+
+    def target(self, x0: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """The regression target of ``self.prediction`` for ``x_t = alpha x0 + sigma eps``."""
+        kind = self.prediction
+        if kind == "eps":
+            return eps
+        if kind == "x0":
+            return x0
+        if kind == "score":
+            return -eps / sigma
+        return alpha * eps - sigma * x0
+
+    # ------------------------------------------------------------------ conveniences
+    def eps(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        """Predicted noise ``eps_hat(x_t, t)``."""
+        return self.predict(x, t, cond)[0]
+
+    def x0(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        """Predicted clean data ``x0_hat(x_t, t) = E[x_0 | x_t]`` (Tweedie)."""
+        return self.predict(x, t, cond)[1]
+
+    def score(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        """Score ``grad_x log p_t(x) = -eps_hat / sigma(t)``."""
+        t = as_batch_times(t, x.shape[0], x)
+        alpha, sigma = self.coeffs(t, x)
+        eps, _ = self.predict(x, t, cond, alpha=alpha, sigma=sigma)
+        return -eps / sigma
+
+    def v(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        """Velocity ``v = alpha eps - sigma x0`` (Salimans & Ho 2022)."""
+        t = as_batch_times(t, x.shape[0], x)
+        alpha, sigma = self.coeffs(t, x)
+        eps, x0 = self.predict(x, t, cond, alpha=alpha, sigma=sigma)
+        return alpha * eps - sigma * x0
