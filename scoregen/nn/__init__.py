@@ -1,0 +1,22 @@
+"""Networks: the DDPM U-Net, its layers and the two ways of fusing a condition image."""
+
+from .attention import Attention, LinearAttention
+from .blocks import ResBlock
+from .conditioning import COND_MODES, ConditionalStem, ConditionEncoder, prepare_condition
+from .embedding import TimestepEmbedding, sinusoidal_embedding
+from .unet import UNET_PRESETS, UNet, UNetConfig
+
+__all__ = [
+    "COND_MODES",
+    "UNET_PRESETS",
+    "Attention",
+    "ConditionEncoder",
+    "ConditionalStem",
+    "LinearAttention",
+    "ResBlock",
+    "TimestepEmbedding",
+    "UNet",
+    "UNetConfig",
+    "prepare_condition",
+    "sinusoidal_embedding",
+]

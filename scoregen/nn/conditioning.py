@@ -1,0 +1,173 @@
+"""How a condition image (e.g. the X-ray being segmented) enters the U-Net.
+
+``cond_mode`` picks one of two fusions at the network's input (its "stem"):
+
+- ``"concat"``: the condition is concatenated to ``x_t`` along the channels and the
+  input conv reads ``in_channels + cond_channels`` channels (e.g. Saharia et al. 2021,
+  SR3, arXiv:2104.07636; Wolleb et al. 2021, arXiv:2112.03145).
+- ``"add"``: SegDiff (Amit et al. 2021, arXiv:2112.00390, Sec. 3, Fig. 2): ``x_t`` is
+  mapped by the input conv F and the condition by a small convolutional encoder G at
+  full resolution to the same width, and the U-Net starts from ``F(x_t) + G(I)``.
+- ``None``: an unconditional network (``cond_channels`` must be 0).
+
+A missing condition (``cond=None`` given to a conditional network) is the all-zeros
+image, so ``net(x, t, None) == net(x, t, zeros)``: classifier-free guidance (Ho &
+Salimans 2022, arXiv:2207.12598) trains the "unconditional" branch by zeroing the
+condition, which the loss does, not this module.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["COND_MODES", "ConditionEncoder", "ConditionalStem", "prepare_condition"]
+
+#: Valid values of ``cond_mode``.
+COND_MODES: tuple[str | None, ...] = (None, "concat", "add")
+
+
+def check_cond_mode(cond_mode: str | None, cond_channels: int) -> None:
+    """Raise unless ``(cond_mode, cond_channels)`` is a consistent pair."""
+    if cond_mode not in COND_MODES:
+        raise ValueError(f"cond_mode must be one of {COND_MODES}; got {cond_mode!r}")
+    if isinstance(cond_channels, bool) or not isinstance(cond_channels, int):
+        raise TypeError(f"cond_channels must be an int; got {type(cond_channels).__name__}")
+    if cond_mode is None and cond_channels != 0:
+        raise ValueError(
+            f"cond_mode=None (unconditional) needs cond_channels=0; got cond_channels="
+            f"{cond_channels}. Set cond_mode='add' or 'concat' for a conditional network"
+        )
+    if cond_mode is not None and cond_channels < 1:
+        raise ValueError(f"cond_mode={cond_mode!r} needs cond_channels >= 1; got {cond_channels}")
+
+
+def prepare_condition(
+    cond: Tensor | None, x: Tensor, *, cond_channels: int, cond_mode: str | None
+) -> Tensor | None:
+    """Validate ``cond: (B, cond_channels, H, W)`` against ``x: (B, C, H, W)``.
+
+    Returns ``None`` for an unconditional network, zeros of the right shape when a
+    conditional network gets ``cond=None``, else ``cond`` cast to ``x``'s device and dtype.
+    """
+    batch, _, height, width = x.shape
+    expected = f"(B, cond_channels, H, W) = ({batch}, {cond_channels}, {height}, {width})"
+    if cond_mode is None:
+        if cond is not None:
+            shape = tuple(cond.shape) if isinstance(cond, Tensor) else type(cond).__name__
+            raise ValueError(
+                f"this network is unconditional (cond_mode=None) but got cond of shape "
+                f"{shape}; pass cond=None or build the net with cond_mode='add'/'concat'"
+            )
+        return None
+    if cond is None:
+        return x.new_zeros(batch, cond_channels, height, width)
+    if not isinstance(cond, Tensor):
+        raise TypeError(
+            f"cond must be a torch.Tensor {expected} or None; got {type(cond).__name__}"
+        )
+    if not cond.is_floating_point():
+        raise TypeError(f"cond must be a floating-point tensor; got dtype {cond.dtype}")
+    if cond.ndim != 4:
+        raise ValueError(f"cond must have shape {expected}; got {tuple(cond.shape)}")
+    if cond.shape[0] != batch:
+        raise ValueError(
+            f"cond batch size {cond.shape[0]} does not match x's batch size {batch}; "
+            f"cond must have shape {expected}, got {tuple(cond.shape)}"
+        )
+    if cond.shape[1] != cond_channels:
+        raise ValueError(
+            f"cond has {cond.shape[1]} channels but cond_channels={cond_channels}; "
+            f"cond must have shape {expected}, got {tuple(cond.shape)}"
+        )
+    if tuple(cond.shape[-2:]) != (height, width):
+        raise ValueError(
+            f"cond spatial size {tuple(cond.shape[-2:])} does not match x's "
+            f"({height}, {width}); cond must have shape {expected}, got {tuple(cond.shape)}"
+        )
+    return cond.to(device=x.device, dtype=x.dtype)
+
+
+class _EncoderBlock(nn.Module):
+    """Pre-activation residual block without time input: GN -> SiLU -> conv, twice."""
+
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, channels)
+        self.conv1 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.norm2 = nn.GroupNorm(groups, channels)
+        self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+
+    def forward(self, h: Tensor) -> Tensor:
+        r = self.conv1(F.silu(self.norm1(h)))  # (B, C, H, W)
+        r = self.conv2(F.silu(self.norm2(r)))  # (B, C, H, W)
+        return h + r  # (B, C, H, W)
+
+
+class ConditionEncoder(nn.Module):
+    """SegDiff's condition encoder G (Amit et al. 2021): conv3x3, then residual blocks.
+
+    ``cond: (B, cond_channels, H, W)`` -> ``(B, out_channels, H, W)``, full resolution.
+    SegDiff uses RRDB blocks (ESRGAN) here; plain GroupNorm/SiLU residual blocks do the
+    same job at this size.
+    """
+
+    def __init__(
+        self, cond_channels: int, out_channels: int, *, depth: int = 2, groups: int = 32
+    ) -> None:
+        super().__init__()
+        if depth < 0:
+            raise ValueError(f"ConditionEncoder: depth must be >= 0; got {depth}")
+        if out_channels % groups:
+            raise ValueError(
+                f"ConditionEncoder: out_channels={out_channels} must be divisible by "
+                f"groups={groups} (GroupNorm)"
+            )
+        self.conv_in = nn.Conv2d(cond_channels, out_channels, kernel_size=3, padding=1)
+        self.blocks = nn.Sequential(*(_EncoderBlock(out_channels, groups) for _ in range(depth)))
+
+    def forward(self, cond: Tensor) -> Tensor:
+        h = self.conv_in(cond)  # (B, C, H, W)
+        return self.blocks(h)  # (B, C, H, W)
+
+
+class ConditionalStem(nn.Module):
+    """The U-Net's input layer: ``x_t`` (and the condition) -> the first feature map.
+
+    ``x: (B, in_channels, H, W), cond: (B, cond_channels, H, W) | None`` ->
+    ``(B, out_channels, H, W)``; see the module docstring for ``cond_mode``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        cond_channels: int = 0,
+        cond_mode: str | None = None,
+        *,
+        encoder_depth: int = 2,
+        groups: int = 32,
+    ) -> None:
+        super().__init__()
+        check_cond_mode(cond_mode, cond_channels)
+        self.in_channels = in_channels
+        self.cond_channels = cond_channels
+        self.cond_mode = cond_mode
+        conv_in = in_channels + cond_channels if cond_mode == "concat" else in_channels
+        self.conv = nn.Conv2d(conv_in, out_channels, kernel_size=3, padding=1)
+        self.encoder = (
+            ConditionEncoder(cond_channels, out_channels, depth=encoder_depth, groups=groups)
+            if cond_mode == "add"
+            else None
+        )
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        c = prepare_condition(
+            cond, x, cond_channels=self.cond_channels, cond_mode=self.cond_mode
+        )  # (B, C_cond, H, W) or None
+        if self.cond_mode == "concat":
+            return self.conv(torch.cat([x, c], dim=1))  # (B, C0, H, W)
+        if self.cond_mode == "add":
+            return self.conv(x) + self.encoder(c)  # F(x_t) + G(I): (B, C0, H, W)
+        return self.conv(x)  # (B, C0, H, W)

@@ -1,0 +1,414 @@
+"""The DDPM U-Net: ``UNetConfig``, ``UNET_PRESETS`` and ``UNet(x, t, cond) -> (B, C_out, H, W)``.
+
+The architecture of Ho et al. 2020 (DDPM, arXiv:2006.11239, App. B), itself a
+PixelCNN++-style U-Net (Ronneberger et al. 2015, arXiv:1505.04597), as the talk
+("The U-Net" slides) describes it:
+
+- ``len(channel_mults)`` levels, ``num_res_blocks`` residual blocks per level on the way
+  down (``num_res_blocks + 1`` on the way up, one per skip connection, as in DDPM);
+- down- and up-sampling by residual blocks (BigGAN-style, Dhariwal & Nichol 2021);
+- the time embedding is supplied to every residual block (FiLM);
+- linear attention after the residual blocks of the levels listed in
+  ``attention_resolutions``, full attention in the middle (lowest resolution);
+- the condition image enters at the input, by concatenation or by SegDiff's addition
+  (see ``scoregen.nn.conditioning``).
+
+``attention_resolutions`` are **down-sampling factors** relative to the input (1 = full
+resolution, 2 = half, ...), as improved-diffusion's ``attention_resolutions``; so a config
+works at every input size. At 64x64 with ``channel_mults=(1, 2, 4, 8)`` the levels have
+factors 1, 2, 4, 8, i.e. 64, 32, 16 and 8 pixels, and ``(4, 8)`` puts attention at 16x16
+and 8x8.
+
+Initialisation: PyTorch's default everywhere, no zero-initialised output layers, so at
+initialisation the gradient reaches every parameter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import repeat
+from torch import Tensor, nn
+
+from .attention import Attention, LinearAttention
+from .blocks import ResBlock
+from .conditioning import ConditionalStem, check_cond_mode
+from .embedding import TimestepEmbedding
+
+__all__ = ["UNET_PRESETS", "UNet", "UNetConfig"]
+
+
+#: Named sizes: name -> UNetConfig fields. Input/output/condition channels default to a
+#: single-channel, unconditional net; override them in ``UNetConfig.from_preset``.
+UNET_PRESETS: dict[str, dict[str, Any]] = {
+    # For tests: ~0.12 M parameters, milliseconds per step at 16x16.
+    "tiny": {
+        "base_channels": 8,
+        "channel_mults": (1, 2, 2),
+        "num_res_blocks": 2,
+        "attention_resolutions": (2,),
+        "mid_attention": True,
+        "attention_heads": 2,
+        "attention_head_dim": 8,
+        "dropout": 0.0,
+        "norm_groups": 4,
+        "time_embed_dim": 32,
+        "cond_encoder_depth": 1,
+    },
+    # For CPU experiments at 64x64: 64 -> 32 -> 16 -> 8, attention at 16 and 8.
+    "small": {
+        "base_channels": 16,
+        "channel_mults": (1, 2, 4, 4),
+        "num_res_blocks": 1,
+        "attention_resolutions": (4, 8),
+        "mid_attention": True,
+        "attention_heads": 4,
+        "attention_head_dim": 16,
+        "dropout": 0.0,
+        "norm_groups": 8,
+        "time_embed_dim": 64,
+        "cond_encoder_depth": 1,
+    },
+    # The talk's model at 64x64: base 64, 64 -> 32 -> 16 -> 8, attention at 16 and 8.
+    "seed": {
+        "base_channels": 64,
+        "channel_mults": (1, 2, 4, 8),
+        "num_res_blocks": 2,
+        "attention_resolutions": (4, 8),
+        "mid_attention": True,
+        "attention_heads": 4,
+        "attention_head_dim": 32,
+        "dropout": 0.1,
+        "norm_groups": 32,
+        "time_embed_dim": 256,
+        "cond_encoder_depth": 2,
+    },
+}
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"UNetConfig.{name} must be an int; got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"UNetConfig.{name} must be >= {minimum}; got {value}")
+
+
+def _int_tuple(name: str, value: Any) -> tuple[int, ...]:
+    if not isinstance(value, (tuple, list)):
+        raise TypeError(f"UNetConfig.{name} must be a tuple of ints; got {type(value).__name__}")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"UNetConfig.{name} must contain ints; got {value!r}")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Hyper-parameters of ``UNet``; JSON-serialisable through ``to_dict``/``from_dict``.
+
+    Fields:
+        in_channels, out_channels: channels of ``x_t`` and of the prediction.
+        cond_channels, cond_mode: condition image channels and fusion
+            (``None``, ``"concat"``, ``"add"``); ``cond_channels == 0`` iff ``cond_mode`` is None.
+        base_channels, channel_mults: level ``l`` has ``base_channels * channel_mults[l]``
+            channels and resolution ``H / 2**l``.
+        num_res_blocks: residual blocks per level (down path; one more on the up path).
+        attention_resolutions: down-sampling factors (powers of two, ``2**l``) of the levels
+            that get linear attention.
+        mid_attention: full self-attention between the two middle residual blocks.
+        attention_heads, attention_head_dim: heads and features per head of both attentions.
+        dropout: dropout inside every residual block.
+        norm_groups: GroupNorm groups; must divide every channel count.
+        time_embed_dim: width of the time embedding (``None``: ``4 * base_channels``).
+        time_scale: the net embeds ``t * time_scale``.
+        cond_encoder_depth: residual blocks of SegDiff's condition encoder (``"add"`` only).
+    """
+
+    in_channels: int = 1
+    out_channels: int = 1
+    cond_channels: int = 0
+    cond_mode: str | None = None
+    base_channels: int = 64
+    channel_mults: tuple[int, ...] = (1, 2, 4, 8)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (4, 8)
+    mid_attention: bool = True
+    attention_heads: int = 4
+    attention_head_dim: int = 32
+    dropout: float = 0.0
+    norm_groups: int = 32
+    time_embed_dim: int | None = None
+    time_scale: float = 1000.0
+    cond_encoder_depth: int = 2
+
+    def __post_init__(self) -> None:
+        # Normalise JSON lists to tuples (keeps the frozen config hashable).
+        object.__setattr__(self, "channel_mults", _int_tuple("channel_mults", self.channel_mults))
+        object.__setattr__(
+            self,
+            "attention_resolutions",
+            _int_tuple("attention_resolutions", self.attention_resolutions),
+        )
+        _check_int("in_channels", self.in_channels, 1)
+        _check_int("out_channels", self.out_channels, 1)
+        _check_int("cond_channels", self.cond_channels, 0)
+        check_cond_mode(self.cond_mode, self.cond_channels)
+        _check_int("base_channels", self.base_channels, 1)
+        _check_int("num_res_blocks", self.num_res_blocks, 1)
+        _check_int("attention_heads", self.attention_heads, 1)
+        _check_int("attention_head_dim", self.attention_head_dim, 1)
+        _check_int("norm_groups", self.norm_groups, 1)
+        _check_int("cond_encoder_depth", self.cond_encoder_depth, 0)
+        if self.time_embed_dim is not None:
+            _check_int("time_embed_dim", self.time_embed_dim, 1)
+        if not isinstance(self.mid_attention, bool):
+            raise TypeError(
+                f"UNetConfig.mid_attention must be a bool; got {type(self.mid_attention).__name__}"
+            )
+        if not self.channel_mults or min(self.channel_mults) < 1:
+            raise ValueError(
+                f"UNetConfig.channel_mults must be a non-empty tuple of positive ints; "
+                f"got {self.channel_mults}"
+            )
+        if self.base_channels % 2:
+            raise ValueError(
+                f"UNetConfig.base_channels must be even (it is the sinusoidal time-feature "
+                f"width); got {self.base_channels}"
+            )
+        bad = [c for c in self.level_channels if c % self.norm_groups]
+        if bad:
+            raise ValueError(
+                f"UNetConfig.norm_groups={self.norm_groups} must divide every level's channels "
+                f"{self.level_channels}; it does not divide {bad}"
+            )
+        factors = self.level_factors
+        unknown = [f for f in self.attention_resolutions if f not in factors]
+        if unknown:
+            raise ValueError(
+                f"UNetConfig.attention_resolutions are down-sampling factors of the levels, "
+                f"one of {factors} for channel_mults={self.channel_mults}; got {unknown}"
+            )
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"UNetConfig.dropout must be in [0, 1); got {self.dropout!r}")
+        if not isinstance(self.time_scale, (int, float)) or not self.time_scale > 0:
+            raise ValueError(f"UNetConfig.time_scale must be > 0; got {self.time_scale!r}")
+
+    @property
+    def level_channels(self) -> tuple[int, ...]:
+        """Channels of each level, ``base_channels * channel_mults[l]``."""
+        return tuple(self.base_channels * m for m in self.channel_mults)
+
+    @property
+    def level_factors(self) -> tuple[int, ...]:
+        """Down-sampling factor of each level, ``2**l``."""
+        return tuple(2**level for level in range(len(self.channel_mults)))
+
+    @property
+    def downsample_factor(self) -> int:
+        """Total down-sampling; the input's H and W must be multiples of it."""
+        return 2 ** (len(self.channel_mults) - 1)
+
+    @property
+    def embed_dim(self) -> int:
+        """Width of the time embedding (``time_embed_dim`` or ``4 * base_channels``)."""
+        return self.time_embed_dim if self.time_embed_dim is not None else 4 * self.base_channels
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, JSON-ready (tuples as lists)."""
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+            for f in dataclasses.fields(self)
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UNetConfig:
+        """Inverse of ``to_dict``; every field must be present, unknown keys are refused."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"UNetConfig.from_dict expects a mapping; got {type(data).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ValueError(f"unknown UNetConfig keys {unknown}; valid keys: {names}")
+        missing = [n for n in names if n not in data]
+        if missing:
+            raise ValueError(
+                f"missing UNetConfig keys {missing}: a saved config lists every field "
+                f"(use UNetConfig.from_preset(name, **overrides) for partial ones)"
+            )
+        return cls(**data)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> UNetConfig:
+        """The preset ``UNET_PRESETS[name]`` with some fields replaced."""
+        if name not in UNET_PRESETS:
+            raise ValueError(f"unknown U-Net preset {name!r}; valid presets: {list(UNET_PRESETS)}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(overrides) - set(names))
+        if unknown:
+            raise TypeError(f"unknown UNetConfig fields {unknown}; valid fields: {names}")
+        return cls(**{**UNET_PRESETS[name], **overrides})
+
+
+class _Stage(nn.Module):
+    """One step of the U-Net path: residual block, optional attention, optional resampling."""
+
+    def __init__(
+        self, block: ResBlock, attn: nn.Module | None = None, resample: ResBlock | None = None
+    ) -> None:
+        super().__init__()
+        self.block = block
+        self.attn = attn if attn is not None else nn.Identity()
+        self.resample = resample
+
+    def forward(self, h: Tensor, emb: Tensor) -> Tensor:
+        h = self.attn(self.block(h, emb))  # (B, C, H, W)
+        if self.resample is not None:
+            h = self.resample(h, emb)  # (B, C, H/2 or 2H, W/2 or 2W)
+        return h
+
+
+class UNet(nn.Module):
+    """DDPM U-Net with time embedding and optional condition image (module docstring).
+
+    ``forward(x, t, cond=None)``: ``x: (B, in_channels, H, W)`` with H, W multiples of
+    ``config.downsample_factor``; ``t``: continuous times ``(B,)`` (or a float / 0-d
+    tensor, broadcast); ``cond: (B, cond_channels, H, W)`` or ``None`` (= zeros) ->
+    ``(B, out_channels, H, W)`` in ``x``'s dtype.
+    """
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        if not isinstance(config, UNetConfig):
+            raise TypeError(
+                f"UNet expects a UNetConfig (see UNetConfig.from_preset / from_dict); "
+                f"got {type(config).__name__}"
+            )
+        self.config = c = config
+        groups, emb_dim = c.norm_groups, c.embed_dim
+
+        def res(cin: int, cout: int, **kw: bool) -> ResBlock:
+            return ResBlock(cin, cout, emb_dim, dropout=c.dropout, groups=groups, **kw)
+
+        def linear_attn(ch: int, level: int) -> LinearAttention | None:
+            if 2**level not in c.attention_resolutions:
+                return None
+            return LinearAttention(ch, c.attention_heads, c.attention_head_dim, groups)
+
+        self.time_embed = TimestepEmbedding(c.base_channels, emb_dim, time_scale=c.time_scale)
+        ch = c.level_channels[0]
+        self.stem = ConditionalStem(
+            c.in_channels,
+            ch,
+            c.cond_channels,
+            c.cond_mode,
+            encoder_depth=c.cond_encoder_depth,
+            groups=groups,
+        )
+
+        skips = [ch]
+        last = len(c.channel_mults) - 1
+        self.down = nn.ModuleList()
+        for level, level_ch in enumerate(c.level_channels):
+            for _ in range(c.num_res_blocks):
+                self.down.append(_Stage(res(ch, level_ch), linear_attn(level_ch, level)))
+                ch = level_ch
+                skips.append(ch)
+            if level < last:
+                self.down.append(_Stage(res(ch, ch, down=True)))
+                skips.append(ch)
+
+        self.mid_block1 = res(ch, ch)
+        self.mid_attn = (
+            Attention(ch, c.attention_heads, c.attention_head_dim, groups)
+            if c.mid_attention
+            else nn.Identity()
+        )
+        self.mid_block2 = res(ch, ch)
+
+        self.up = nn.ModuleList()
+        for level, level_ch in reversed(list(enumerate(c.level_channels))):
+            for i in range(c.num_res_blocks + 1):
+                last_of_level = i == c.num_res_blocks
+                upsample = res(level_ch, level_ch, up=True) if level > 0 and last_of_level else None
+                self.up.append(
+                    _Stage(res(ch + skips.pop(), level_ch), linear_attn(level_ch, level), upsample)
+                )
+                ch = level_ch
+
+        self.out_norm = nn.GroupNorm(groups, ch)
+        self.out_conv = nn.Conv2d(ch, c.out_channels, kernel_size=3, padding=1)
+
+    def _check_inputs(self, x: Tensor, t: Tensor | float) -> Tensor:
+        """Validate ``x`` and return ``t`` as a floating tensor of shape ``(B,)``."""
+        c = self.config
+        expected = f"(B, in_channels={c.in_channels}, H, W)"
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor of shape {expected}; got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor; got dtype {x.dtype}")
+        if x.ndim != 4:
+            raise ValueError(f"x must have shape {expected}; got {tuple(x.shape)}")
+        if x.shape[1] != c.in_channels:
+            raise ValueError(
+                f"x has {x.shape[1]} channels but this UNet has in_channels={c.in_channels}; "
+                f"x must have shape {expected}, got {tuple(x.shape)}"
+            )
+        f = c.downsample_factor
+        height, width = x.shape[-2:]
+        if height % f or width % f:
+            raise ValueError(
+                f"x's height and width must be divisible by {f} (the U-Net halves the "
+                f"resolution {len(c.channel_mults) - 1} times); got {height}x{width}. "
+                f"Nearest valid sizes: height {_nearest_multiples(height, f)}, "
+                f"width {_nearest_multiples(width, f)}"
+            )
+
+        batch = x.shape[0]
+        if isinstance(t, (int, float)) and not isinstance(t, bool):
+            return torch.full((batch,), float(t), device=x.device)
+        if not isinstance(t, Tensor):
+            raise TypeError(
+                f"t must be a float tensor of shape (B,) = ({batch},), a 0-d tensor or a "
+                f"python float; got {type(t).__name__}"
+            )
+        if not t.is_floating_point():
+            raise TypeError(
+                f"t must hold continuous times in [0, T] (a floating-point tensor); got dtype "
+                f"{t.dtype}. For discrete step i of N pass t = i / N"
+            )
+        if t.ndim == 0:
+            t = repeat(t, " -> b", b=batch)
+        elif tuple(t.shape) != (batch,):
+            raise ValueError(
+                f"t must have shape (B,) = ({batch},) (or be 0-d / a float); got {tuple(t.shape)}"
+            )
+        return t.to(x.device)
+
+    def forward(self, x: Tensor, t: Tensor | float, cond: Tensor | None = None) -> Tensor:
+        """``x: (B, C_in, H, W), t: (B,), cond: (B, C_cond, H, W) | None`` -> (B, C_out, H, W)."""
+        t = self._check_inputs(x, t)  # (B,)
+        emb = self.time_embed(t)  # (B, E)
+        h = x.to(self.out_conv.weight.dtype)  # (B, C_in, H, W)
+        h = self.stem(h, cond)  # (B, C_0, H, W)
+        skips = [h]
+        for stage in self.down:
+            h = stage(h, emb)  # (B, C_l, H / 2**l, W / 2**l)
+            skips.append(h)
+        h = self.mid_block1(h, emb)  # (B, C_L, H / f, W / f)
+        h = self.mid_attn(h)  # (B, C_L, H / f, W / f)
+        h = self.mid_block2(h, emb)  # (B, C_L, H / f, W / f)
+        for stage in self.up:
+            h = stage(torch.cat([h, skips.pop()], dim=1), emb)  # (B, C_l, H / 2**l, W / 2**l)
+        out = self.out_conv(F.silu(self.out_norm(h)))  # (B, C_out, H, W)
+        return out.to(x.dtype)
+
+
+def _nearest_multiples(n: int, f: int) -> str:
+    """``'24 or 32'``: the multiples of ``f`` around ``n``."""
+    lower = n // f * f
+    return f"{lower} or {lower + f}" if lower > 0 else str(f)
