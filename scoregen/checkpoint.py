@@ -1,0 +1,519 @@
+"""Atomic, safe checkpoints: one safetensors file, tensors plus JSON metadata.
+
+A checkpoint is a single ``.safetensors`` file. Its tensors are
+
+    model.<name>          the trained weights (``ScoreModel.state_dict()``)
+    ema.<name>            the EMA weights
+    optim.<...>           every tensor of the optimizer's state dict (moments, step counts)
+    rng.<rank>.<kind>     RNG states of each rank: torch CPU, CUDA, numpy, python
+
+and its metadata holds one JSON document: the step and the trainer's position (epoch,
+batch within the epoch), the train config, the net's config dict, ``sde.to_dict()``, the
+prediction type, the non-tensor parts of the optimizer and GradScaler states and the
+EMA's update count. Nothing is pickled: loading parses a JSON header and raw tensor
+bytes (safetensors), so a checkpoint from an untrusted source cannot run code.
+
+Writes are atomic: the file is written under a temporary name in the same folder,
+``fsync``-ed, renamed over the final name with ``os.replace`` and the folder is
+``fsync``-ed, so a process killed at any moment leaves either the old set of
+checkpoints or the new one, never a half-written file under a checkpoint name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from scoregen.ema import EMA
+from scoregen.model import ScoreModel
+from scoregen.sde import SDE
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_model",
+    "write_checkpoint",
+    "read_checkpoint",
+    "list_checkpoints",
+    "latest_checkpoint",
+    "prune_checkpoints",
+    "remove_partial_checkpoints",
+    "checkpoint_name",
+    "capture_rng",
+    "restore_rng",
+    "load_state_checked",
+]
+
+FORMAT = "scoregen-checkpoint"
+VERSION = 1
+_NAME_RE = re.compile(r"^step_(\d+)\.safetensors$")
+_PARTIAL_RE = re.compile(r"^\.step_\d+\.safetensors\.\d+\.tmp$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, or not a scoregen checkpoint."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint was saved for a model of another configuration or shape."""
+
+
+# ---------------------------------------------------------------------------- file names
+def checkpoint_name(step: int) -> str:
+    """``step_00001000.safetensors``: zero-padded so names sort like steps."""
+    return f"step_{int(step):08d}.safetensors"
+
+
+def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints in ``directory``, oldest step first (temporary files excluded)."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _NAME_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
+    """The checkpoint with the highest step in ``directory``, or None."""
+    found = list_checkpoints(directory)
+    return found[-1] if found else None
+
+
+def prune_checkpoints(directory: str | os.PathLike, keep_last: int) -> list[Path]:
+    """Delete all but the ``keep_last`` newest checkpoints; return the deleted paths."""
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+    old = list_checkpoints(directory)[:-keep_last]
+    for p in old:
+        p.unlink(missing_ok=True)
+    return old
+
+
+def remove_partial_checkpoints(directory: str | os.PathLike) -> list[Path]:
+    """Delete temporary files left by a writer that was killed mid-save."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    stale = [p for p in d.iterdir() if _PARTIAL_RE.match(p.name)]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+# ---------------------------------------------------------------------------- raw file IO
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # platforms without directory handles (Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _owned(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """CPU, contiguous tensors that share no storage (safetensors refuses shared storage)."""
+    out: dict[str, Tensor] = {}
+    seen: set[int] = set()
+    for name, t in tensors.items():
+        if not torch.is_tensor(t):
+            raise TypeError(f"checkpoint entry {name!r} is a {type(t).__name__}, not a tensor")
+        t = t.detach().cpu()
+        whole = t.untyped_storage().nbytes() == t.numel() * t.element_size()
+        ptr = t.untyped_storage().data_ptr()
+        if not t.is_contiguous() or not whole or (t.numel() and ptr in seen):
+            t = t.clone(memory_format=torch.contiguous_format)
+            ptr = t.untyped_storage().data_ptr()
+        if t.numel():
+            seen.add(ptr)
+        out[name] = t
+    return out
+
+
+def write_checkpoint(
+    path: str | os.PathLike, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]
+) -> Path:
+    """Atomically write ``tensors`` and the JSON document ``meta`` to ``path``.
+
+    The data goes to ``.<name>.<pid>.tmp`` in the same folder, is flushed to disk, then
+    renamed over ``path``; the folder entry is flushed too. A reader never sees a
+    partial file under ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {"format": FORMAT, "version": str(VERSION), "meta": json.dumps(meta)}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(_owned(tensors), str(tmp), metadata=header)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def read_checkpoint(
+    path: str | os.PathLike,
+    *,
+    prefixes: Iterable[str] | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """``(tensors, meta)`` of a checkpoint; only tensors whose names start with ``prefixes``.
+
+    Raises ``FileNotFoundError`` for a missing file and :class:`CheckpointError` for a
+    truncated, corrupt or foreign file. Nothing is unpickled.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    pre = tuple(prefixes) if prefixes is not None else None
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            header = f.metadata() or {}
+            if header.get("format") != FORMAT:
+                raise CheckpointError(
+                    f"{path} is a safetensors file but not a scoregen checkpoint "
+                    f"(metadata format={header.get('format')!r}, expected {FORMAT!r})"
+                )
+            version = int(header.get("version", "0"))
+            if version > VERSION:
+                raise CheckpointError(
+                    f"{path} has checkpoint format version {version}; this scoregen reads "
+                    f"up to {VERSION}: upgrade scoregen"
+                )
+            meta = json.loads(header["meta"])
+            keys = [k for k in f.keys() if pre is None or k.startswith(pre)]
+            tensors = {k: f.get_tensor(k) for k in keys}
+    except CheckpointError:
+        raise
+    except Exception as e:  # safetensors raises its own error types for bad headers / sizes
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: truncated, corrupt or not a safetensors file "
+            f"({type(e).__name__}: {e})"
+        ) from e
+    if torch.device(device).type != "cpu":
+        tensors = {k: v.to(device) for k, v in tensors.items()}
+    return tensors, meta
+
+
+# ---------------------------------------------------------------------------- nested state codec
+# Optimizer / scaler state dicts are nests of dicts, lists, tuples, numbers and tensors.
+# Tensors go to the safetensors part under a dotted key; the rest becomes JSON with small
+# tags for what JSON lacks (tuples, non-string dict keys).
+def _encode(obj: Any, key: str, tensors: dict[str, Tensor]) -> Any:
+    if torch.is_tensor(obj):
+        tensors[key] = obj
+        return {"__tensor__": key}
+    if isinstance(obj, Mapping):
+        if all(isinstance(k, str) for k in obj):
+            return {k: _encode(v, f"{key}.{k}", tensors) for k, v in obj.items()}
+        return {"__items__": [[k, _encode(v, f"{key}.{k}", tensors)] for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode(v, f"{key}.{i}", tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_encode(v, f"{key}.{i}", tensors) for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(
+        f"cannot store {key!r} of type {type(obj).__name__} in a checkpoint without pickling; "
+        "only tensors, numbers, strings, lists, tuples and dicts are supported"
+    )
+
+
+def _decode(obj: Any, tensors: Mapping[str, Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            return tensors[obj["__tensor__"]]
+        if set(obj) == {"__items__"}:
+            return {k: _decode(v, tensors) for k, v in obj["__items__"]}
+        if set(obj) == {"__tuple__"}:
+            return tuple(_decode(v, tensors) for v in obj["__tuple__"])
+        return {k: _decode(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_decode(v, tensors) for v in obj]
+    return obj
+
+
+# ---------------------------------------------------------------------------- RNG states
+def capture_rng() -> dict[str, Tensor]:
+    """This process's global RNG states as tensors: torch CPU, CUDA (current device),
+    numpy's legacy global ``RandomState`` and python's ``random``."""
+    out = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    if kind != "MT19937":
+        raise RuntimeError(f"unsupported numpy RNG state {kind!r}")
+    out["numpy"] = torch.from_numpy(
+        np.concatenate([keys.astype(np.int64), np.array([pos, has_gauss], dtype=np.int64)])
+    )
+    out["numpy_gauss"] = torch.tensor([cached], dtype=torch.float64)
+    version, internal, gauss_next = random.getstate()
+    out["python"] = torch.tensor([version, *internal], dtype=torch.int64)
+    out["python_gauss"] = torch.tensor(
+        [0.0 if gauss_next is None else gauss_next, float(gauss_next is None)],
+        dtype=torch.float64,
+    )
+    return out
+
+
+def restore_rng(state: Mapping[str, Tensor]) -> None:
+    """Inverse of :func:`capture_rng`; a CUDA state is skipped (with a warning) without CUDA."""
+    torch.set_rng_state(state["torch"].to(torch.uint8).cpu())
+    if "cuda" in state:
+        if torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda"].to(torch.uint8).cpu())
+        else:
+            warnings.warn("checkpoint holds a CUDA RNG state but CUDA is unavailable; "
+                          "skipped", stacklevel=2)
+    if "numpy" in state:
+        a = state["numpy"].cpu().numpy()
+        np.random.set_state(
+            ("MT19937", a[:624].astype(np.uint32), int(a[624]), int(a[625]),
+             float(state["numpy_gauss"][0]))
+        )
+    if "python" in state:
+        p = state["python"].tolist()
+        g, is_none = state["python_gauss"].tolist()
+        random.setstate((int(p[0]), tuple(int(v) for v in p[1:]), None if is_none else g))
+
+
+# ---------------------------------------------------------------------------- high level
+def _jsonable(name: str, value: Any) -> Any:
+    try:
+        json.dumps(value, allow_nan=True)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name} must be JSON-serialisable to be saved in a checkpoint: {e}") from e
+    return value
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: ScoreModel,
+    *,
+    ema: EMA | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scaler: Any = None,
+    step: int = 0,
+    train_config: Mapping[str, Any] | None = None,
+    model_config: Mapping[str, Any] | None = None,
+    state: Mapping[str, Any] | None = None,
+    rng: Mapping[int, Mapping[str, Tensor]] | None = None,
+) -> Path:
+    """Write a complete training checkpoint atomically to ``path``.
+
+    Args:
+        model: the trained ``ScoreModel`` (not a DDP / compiled wrapper).
+        ema: its :class:`~scoregen.EMA`, if any.
+        optimizer, scaler: optimizer and ``GradScaler`` whose states are saved.
+        step: the number of training steps done.
+        train_config: ``TrainConfig.to_dict()``; model_config: the net's config dict.
+        state: extra JSON (the trainer's data position and counters).
+        rng: per-rank RNG states ``{rank: capture_rng()}``; default this process's, as rank 0.
+    """
+    if not isinstance(model, ScoreModel):
+        raise TypeError(f"model must be a ScoreModel, got {type(model).__name__}")
+    tensors: dict[str, Tensor] = {f"model.{k}": v for k, v in model.state_dict().items()}
+    def plain(d: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        return None if d is None else dict(d)
+
+    meta: dict[str, Any] = {
+        "step": int(step),
+        "state": _jsonable("state", dict(state or {})),
+        "train_config": _jsonable("train_config", plain(train_config)),
+        "model_config": _jsonable("model_config", plain(model_config)),
+        "sde": model.sde.to_dict(),
+        "prediction": model.prediction,
+        "net_class": f"{type(model.net).__module__}.{type(model.net).__qualname__}",
+        "torch_version": torch.__version__,
+    }
+    if ema is not None:
+        tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+        meta["ema"] = {"decay": ema.decay, "warmup": ema.warmup, "num_updates": ema.num_updates}
+    if optimizer is not None:
+        meta["optimizer"] = _encode(optimizer.state_dict(), "optim", tensors)
+    if scaler is not None and scaler.is_enabled():
+        meta["scaler"] = _encode(scaler.state_dict(), "scaler", tensors)
+    rng = {0: capture_rng()} if rng is None else rng
+    meta["rng_ranks"] = sorted(int(r) for r in rng)
+    for r, states in rng.items():
+        tensors.update({f"rng.{int(r)}.{k}": v for k, v in states.items()})
+    return write_checkpoint(path, tensors, meta)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded checkpoint: its tensors and JSON metadata, with typed accessors."""
+
+    path: Path
+    meta: dict[str, Any]
+    tensors: dict[str, Tensor]
+
+    @property
+    def step(self) -> int:
+        return int(self.meta["step"])
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """The trainer's position and counters (epoch, batch in epoch, skipped steps...)."""
+        return dict(self.meta.get("state") or {})
+
+    @property
+    def train_config(self) -> dict[str, Any] | None:
+        return self.meta.get("train_config")
+
+    @property
+    def model_config(self) -> dict[str, Any] | None:
+        return self.meta.get("model_config")
+
+    @property
+    def sde(self) -> SDE:
+        return SDE.from_dict(self.meta["sde"])
+
+    @property
+    def prediction(self) -> str:
+        return self.meta["prediction"]
+
+    def _prefixed(self, prefix: str) -> dict[str, Tensor]:
+        n = len(prefix)
+        return {k[n:]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+
+    def model_state(self) -> dict[str, Tensor]:
+        return self._prefixed("model.")
+
+    def ema_state(self) -> dict[str, Tensor] | None:
+        return self._prefixed("ema.") if "ema" in self.meta else None
+
+    def optimizer_state(self) -> dict[str, Any] | None:
+        enc = self.meta.get("optimizer")
+        return None if enc is None else _decode(enc, self.tensors)
+
+    def scaler_state(self) -> dict[str, Any] | None:
+        enc = self.meta.get("scaler")
+        return None if enc is None else _decode(enc, self.tensors)
+
+    def rng_state(self, rank: int = 0) -> dict[str, Tensor] | None:
+        states = self._prefixed(f"rng.{int(rank)}.")
+        return states or None
+
+    def check_compatible(
+        self,
+        *,
+        model_config: Mapping[str, Any] | None = None,
+        sde: SDE | None = None,
+        prediction: str | None = None,
+    ) -> None:
+        """Raise :class:`CheckpointMismatchError` naming every field that differs."""
+        diffs: list[str] = []
+        if model_config is not None and self.model_config is not None:
+            diffs += _diff(self.model_config, dict(model_config), "model_config")
+        if sde is not None:
+            diffs += _diff(self.meta["sde"], sde.to_dict(), "sde")
+        if prediction is not None and prediction != self.prediction:
+            diffs.append(f"prediction: checkpoint {self.prediction!r}, this model {prediction!r}")
+        if diffs:
+            raise CheckpointMismatchError(
+                f"checkpoint {self.path} was saved for a different model:\n  " + "\n  ".join(diffs)
+            )
+
+
+def _diff(saved: Any, current: Any, name: str) -> list[str]:
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out: list[str] = []
+        for k in sorted(set(saved) | set(current), key=str):
+            if k not in current:
+                out.append(f"{name}.{k}: checkpoint {saved[k]!r}, missing in this model")
+            elif k not in saved:
+                out.append(f"{name}.{k}: not in the checkpoint, this model {current[k]!r}")
+            else:
+                out += _diff(saved[k], current[k], f"{name}.{k}")
+        return out
+    if isinstance(saved, (list, tuple)) and isinstance(current, (list, tuple)):
+        if list(saved) == list(current):
+            return []
+    elif saved == current:
+        return []
+    return [f"{name}: checkpoint {saved!r}, this model {current!r}"]
+
+
+def load_state_checked(
+    module: nn.Module, state: Mapping[str, Tensor], what: str = "weights", source: Any = ""
+) -> None:
+    """``module.load_state_dict(state)`` after naming every missing, unexpected or
+    shape-mismatched entry in one :class:`CheckpointMismatchError`."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    problems = []
+    for label, items in (("shape mismatch", shapes), ("missing in checkpoint", missing),
+                         ("unexpected in checkpoint", unexpected)):
+        if items:
+            more = f" (+{len(items) - 10} more)" if len(items) > 10 else ""
+            problems.append(f"{label}: " + "; ".join(items[:10]) + more)
+    if problems:
+        src = f" from {source}" if source else ""
+        raise CheckpointMismatchError(
+            f"the {what}{src} do not fit the model:\n  " + "\n  ".join(problems)
+        )
+    module.load_state_dict(dict(state))
+
+
+def load_checkpoint(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint` (no unpickling anywhere)."""
+    tensors, meta = read_checkpoint(path, device=device)
+    for key in ("step", "sde", "prediction"):
+        if key not in meta:
+            raise CheckpointError(f"checkpoint {path} lacks the metadata field {key!r}")
+    return Checkpoint(Path(path), meta, tensors)
+
+
+def load_model(
+    path: str | os.PathLike,
+    net_factory: Callable[..., nn.Module],
+    *,
+    ema: bool = True,
+    device: torch.device | str | None = None,
+) -> ScoreModel:
+    """A ``ScoreModel`` for inference from a checkpoint (EMA weights by default).
+
+    The net is built by ``net_factory(**model_config)`` with the config dict saved in the
+    checkpoint (``net_factory()`` when none was saved); the SDE and prediction type come
+    from the checkpoint too. Returns the model in eval mode on ``device`` (default CPU).
+    """
+    which = "ema." if ema else "model."
+    tensors, meta = read_checkpoint(path, prefixes=(which,))
+    if ema and "ema" not in meta:
+        raise CheckpointError(f"checkpoint {path} has no EMA weights; pass ema=False")
+    cfg = meta.get("model_config")
+    net = net_factory(**cfg) if cfg is not None else net_factory()
+    model = ScoreModel(net, SDE.from_dict(meta["sde"]), meta["prediction"])
+    state = {k[len(which):]: v for k, v in tensors.items()}
+    load_state_checked(model, state, "EMA weights" if ema else "weights", path)
+    return model.to(device if device is not None else "cpu").eval()
