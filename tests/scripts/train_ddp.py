@@ -1,0 +1,41 @@
+"""Two-phase DDP run for tests/test_ddp.py, launched with torchrun on CPU (gloo).
+
+    torchrun --standalone --nproc_per_node=2 train_ddp.py OUT_DIR
+
+Phase 1 trains conditional TinyNet for 6 steps (global batch 8, checkpoint every 3) and
+writes each rank's weights to OUT_DIR/rank{r}_phase1.safetensors. Phase 2 builds a fresh
+model, resumes from the step-6 checkpoint and trains to step 9 (rank{r}_phase2...).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from train_helpers import make_pairs, make_trainer, weights
+
+from scoregen.distributed import cleanup_distributed
+
+CONFIG = dict(cond_dim=2, p_uncond=0.3, checkpoint_every=3, lr=1e-2, batch_size=8)
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    torch.set_num_threads(1)
+    data = make_pairs(40)
+    tr = make_trainer(out, **CONFIG)
+    assert tr.distributed and tr.world_size == 2, (tr.distributed, tr.world_size)
+    tr.fit(data, steps=6)
+    save_file(weights(tr), str(out / f"rank{tr.rank}_phase1.safetensors"))
+
+    tr2 = make_trainer(out, **CONFIG)
+    assert tr2.resume() and tr2.global_step == 6
+    tr2.fit(data, steps=9)
+    save_file(weights(tr2), str(out / f"rank{tr2.rank}_phase2.safetensors"))
+    cleanup_distributed()
+
+
+if __name__ == "__main__":
+    main()

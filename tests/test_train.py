@@ -1,0 +1,396 @@
+"""Trainer: learning, EMA math, non-finite steps, exact resume after SIGKILL, logging, AMP."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from scoregen.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from scoregen.ema import EMA, ema_decay_at
+from scoregen.model import ScoreModel
+from scoregen.sde import VPSDE
+from scoregen.train import NonFiniteLossError, TrainConfig, Trainer, default_batch_fn
+
+SCRIPTS = Path(__file__).parent / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+from train_helpers import (  # noqa: E402
+    NaNNet,
+    TinyConv,
+    make_pairs,
+    make_points,
+    make_trainer,
+    weights,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny nets are fastest, and bit-reproducible across processes, on one thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _losses(trainer: Trainer) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in trainer.read_metrics() if "event" not in r}
+
+
+# ---------------------------------------------------------------------------- config
+def test_config_validates_and_round_trips():
+    cfg = TrainConfig(lr=1e-3, betas=[0.9, 0.99], precision="bf16")
+    assert cfg.betas == (0.9, 0.99)
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp8")
+    with pytest.raises(ValueError, match="unknown TrainConfig fields.*'lrr'"):
+        TrainConfig.from_dict({"lrr": 1.0})
+    with pytest.raises(dataclass_frozen_error()):
+        cfg.lr = 1.0  # type: ignore[misc]
+
+
+def dataclass_frozen_error() -> type[Exception]:
+    import dataclasses
+
+    return dataclasses.FrozenInstanceError
+
+
+def test_lr_warmup_and_cosine():
+    cfg = TrainConfig(lr=1.0, warmup_steps=4, lr_schedule="cosine", min_lr=0.1, max_steps=14)
+    assert [cfg.lr_at(i) for i in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert cfg.lr_at(4) == pytest.approx(1.0)
+    assert cfg.lr_at(9) == pytest.approx(0.55)  # half way: min + (lr - min) / 2
+    assert cfg.lr_at(14) == pytest.approx(0.1) and cfg.lr_at(100) == pytest.approx(0.1)
+
+
+def test_batch_contract():
+    x, c = torch.zeros(2, 3), torch.ones(2, 1)
+    assert default_batch_fn(x) == (x, None)
+    assert default_batch_fn((x,)) == (x, None)
+    assert default_batch_fn([x, c]) == (x, c)
+    assert default_batch_fn({"x0": x, "cond": c}) == (x, c)
+    with pytest.raises(TypeError, match="batch_fn"):
+        default_batch_fn({"image": x})
+
+
+# ---------------------------------------------------------------------------- learning
+def _bayes_optimal_eps(centres):
+    """The exact minimiser of the eps-DSM loss for data uniform on ``centres``."""
+
+    def eps(x, t, cond=None):
+        alpha, sigma = (v.float()[:, None] for v in VPSDE()._alpha_sigma(t.double()))
+        logw = -((x[:, None] - alpha[:, :, None] * centres[None]) ** 2).sum(-1) / (2 * sigma**2)
+        x0_hat = logw.softmax(1) @ centres  # E[x0 | x_t]
+        return (x - alpha * x0_hat) / sigma
+
+    return eps
+
+
+def _eval_loss(model, points, n=4096):
+    """DSM loss on fixed held-out draws of (x0, t, eps)."""
+    from scoregen.losses import dsm_loss, sample_times
+
+    g = torch.Generator().manual_seed(123)
+    x0 = points[torch.randint(0, len(points), (n,), generator=g)]
+    t = sample_times(model, n, generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    with torch.no_grad():
+        return dsm_loss(model, x0, t=t, noise=noise).item()
+
+
+def test_tiny_model_overfits_tiny_set(tmp_path):
+    """On 4 points, 300 steps cut the DSM loss by >= 3x (measured ~4x: 1.03 -> 0.26) and
+    the excess over the Bayes-optimal loss (0.128) by >= 4x (measured ~7x), for the EMA."""
+    points = make_points(64)
+    tr = make_trainer(tmp_path, width=64, lr=1e-2, batch_size=32, ema_decay=0.99)
+    optimum = _eval_loss(ScoreModel(_bayes_optimal_eps(points[:4]), VPSDE(), "eps"), points)
+    before = _eval_loss(tr.model, points)
+    tr.fit(points, steps=300)
+    after = _eval_loss(tr.ema_model, points)
+    assert after < before / 3, (before, after)
+    assert after - optimum < (before - optimum) / 4, (before, after, optimum)
+    assert (tr.global_step, tr.epoch, tr.batch_in_epoch) == (300, 149, 2)  # 2 batches an epoch
+
+
+def test_step_follows_adamw_and_lr_schedule(tmp_path):
+    """One Trainer.step equals dsm_loss + AdamW by hand, with the warm-up lr."""
+    from scoregen.losses import dsm_loss, sample_times
+    from scoregen.train import _seed
+
+    tr = make_trainer(tmp_path, lr=0.1, warmup_steps=10, grad_clip=None, ema_decay=0.5)
+    ref = ScoreModel(type(tr.model.net)(width=16), VPSDE(), "eps")
+    ref.load_state_dict(tr.model.state_dict())
+    opt = torch.optim.AdamW(ref.parameters(), lr=0.01, weight_decay=0.0)
+    x0 = make_points(8)
+    loss = tr.step(x0)
+    g = torch.Generator().manual_seed(_seed(0, "step", 0))
+    t = sample_times(ref, 8, generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    ref_loss = dsm_loss(ref, x0, t=t, noise=noise)
+    ref_loss.backward()
+    opt.step()
+    assert loss == pytest.approx(ref_loss.item(), rel=1e-6)
+    for (name, p), q in zip(tr.model.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p, q, msg=name)
+
+
+# ---------------------------------------------------------------------------- EMA
+def test_ema_matches_hand_computation():
+    lin = torch.nn.Linear(1, 1, bias=False)
+    lin.register_buffer("count", torch.zeros(()))
+    with torch.no_grad():
+        lin.weight.fill_(1.0)
+    ema = EMA(lin, decay=0.9, warmup=True)
+    expected, values = 1.0, [2.0, -1.0, 4.0, 0.5, 3.0]
+    for n, v in enumerate(values, start=1):
+        with torch.no_grad():
+            lin.weight.fill_(v)
+            lin.count.fill_(n)
+        d = min(0.9, (1 + n) / (10 + n))
+        assert ema.current_decay == pytest.approx(d)
+        ema.update(lin)
+        expected = d * expected + (1 - d) * v
+        assert ema.module.weight.item() == pytest.approx(expected, rel=1e-6)
+        assert ema.module.count.item() == n  # buffers copied, not averaged
+    assert ema_decay_at(1, 0.9) == pytest.approx(2 / 11)
+    assert ema_decay_at(100, 0.9) == 0.9 and ema_decay_at(1, 0.9, warmup=False) == 0.9
+
+    plain = EMA(lin, decay=0.5, warmup=False)
+    w0 = lin.weight.item()
+    with torch.no_grad():
+        lin.weight.fill_(w0 + 2.0)
+    plain.update(lin)
+    assert plain.module.weight.item() == pytest.approx(w0 + 1.0)
+    with pytest.raises(ValueError, match="decay"):
+        EMA(lin, decay=1.0)
+
+
+def test_trainer_ema_is_the_average_of_the_weight_trajectory(tmp_path):
+    tr = make_trainer(tmp_path, ema_decay=0.8)
+    name = "net.body.0.weight"
+    hand = tr.model.state_dict()[name].clone()
+    x0 = make_points(8)
+    for n in range(1, 6):
+        tr.step(x0)
+        d = min(0.8, (1 + n) / (10 + n))
+        hand = d * hand + (1 - d) * tr.model.state_dict()[name]
+    torch.testing.assert_close(tr.ema_model.state_dict()[name], hand)
+    assert isinstance(tr.ema_model, ScoreModel) and not tr.ema_model.training
+    assert tr.ema.num_updates == 5
+
+
+# ---------------------------------------------------------------------------- non-finite
+def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
+    net = NaNNet(bad={2, 4}, width=16)  # the 3rd and 5th training calls
+    tr = make_trainer(tmp_path, net=net, max_nonfinite=2)
+    x0 = make_points(8)
+    for step in range(1, 8):
+        before = weights(tr)
+        opt_before = {i: {k: v.clone() for k, v in st.items()}
+                      for i, st in tr.optimizer.state_dict()["state"].items()}
+        loss = tr.step(x0)
+        after = weights(tr)
+        changed = any(not torch.equal(before[k], after[k]) for k in before)
+        if step in (3, 5):
+            assert math.isnan(loss)
+            assert not changed, f"skipped step {step} changed the weights or the EMA"
+            for idx, st in tr.optimizer.state_dict()["state"].items():
+                for key, v in st.items():
+                    assert torch.equal(v, opt_before[idx][key]), (step, idx, key)
+        else:
+            assert math.isfinite(loss) and changed
+    assert tr.skipped_steps == 2 and tr.global_step == 7
+    assert tr.ema.num_updates == 5
+    events = [r["step"] for r in tr.read_metrics() if r.get("event") == "nonfinite"]
+    assert events == [3, 5]
+    path = tr.save()
+    ck = load_checkpoint(path)
+    bad = [k for k, v in ck.tensors.items() if v.is_floating_point() and not v.isfinite().all()]
+    assert not bad, bad
+    assert ck.state["skipped_steps"] == 2
+
+
+def test_consecutive_nonfinite_steps_stop_training_naming_the_step(tmp_path):
+    net = NaNNet(width=16)
+    tr = make_trainer(tmp_path, net=net, max_nonfinite=3, checkpoint_every=2)
+    steps_seen: list[int] = []
+
+    def poison_after_4(trainer, step, loss):
+        steps_seen.append(step)
+        if step == 4:
+            net.bad = {math.inf}
+
+    with pytest.raises(NonFiniteLossError, match=r"stopped at step 7: 3 consecutive.*5\.\.7"):
+        tr.fit(make_points(), steps=20, on_step_end=poison_after_4)
+    assert steps_seen == [1, 2, 3, 4, 5, 6]  # step 7 raised before its hook
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == [
+        "step_00000002.safetensors", "step_00000004.safetensors", "step_00000006.safetensors"]
+    ck = load_checkpoint(latest_checkpoint(tmp_path / "checkpoints"))
+    assert all(v.isfinite().all() for v in ck.tensors.values() if v.is_floating_point())
+
+
+# ---------------------------------------------------------------------------- resume
+def _run_script(*args: str, wait_for: str, timeout: float = 120) -> str:
+    """Start train_kill.py, read stdout until ``wait_for``, SIGKILL it; returns its output."""
+    env = {**os.environ, "PYTHONPATH": str(SCRIPTS) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, str(SCRIPTS / "train_kill.py"), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    out = []
+    try:
+        for line in proc.stdout:
+            out.append(line)
+            if line.strip() == wait_for:
+                break
+        else:
+            proc.wait(timeout=timeout)
+            raise AssertionError(f"script ended without {wait_for}: {''.join(out)}"
+                                 f"{proc.stderr.read()}")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=timeout)
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    return "".join(out)
+
+
+def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
+    """SIGKILL after step 7 (checkpoints every 3 steps, 5 batches an epoch, dropout on):
+    resuming from step 6 reproduces the losses and the final weights bit for bit."""
+    steps = 12
+    ref = make_trainer(tmp_path / "ref", dropout=0.1, checkpoint_every=3)
+    ref.fit(make_points(), steps=steps)
+    ref_losses = _losses(ref)
+    assert sorted(ref_losses) == list(range(1, steps + 1))
+
+    run = tmp_path / "killed"
+    _run_script(str(run), "--steps", str(steps), "--pause-at", "7", wait_for="PAUSED")
+    assert latest_checkpoint(run / "checkpoints").name == "step_00000006.safetensors"
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in logged) == 7  # the killed run logged past its checkpoint
+
+    resumed = make_trainer(run, dropout=0.1, checkpoint_every=3)
+    assert resumed.resume() and resumed.global_step == 6
+    assert (resumed.epoch, resumed.batch_in_epoch) == (1, 1)
+    resumed.fit(make_points(), steps=steps)
+    steps_logged = [r["step"] for r in resumed.read_metrics() if "event" not in r]
+    assert steps_logged == list(range(1, steps + 1))  # step 7 of the killed run dropped
+    assert _losses(resumed) == ref_losses  # exact, not approximate
+    w_ref, w_res = weights(ref), weights(resumed)
+    for k in w_ref:
+        assert torch.equal(w_ref[k], w_res[k]), k
+    opt_ref, opt_res = ref.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    for i in opt_ref:
+        for key in opt_ref[i]:
+            assert torch.equal(opt_ref[i][key], opt_res[i][key]), (i, key)
+
+
+def test_resume_without_checkpoint_is_a_no_op_and_missing_path_raises(tmp_path):
+    tr = make_trainer(tmp_path)
+    assert tr.resume() is False and tr.global_step == 0
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        tr.resume(tmp_path / "nope.safetensors")
+
+
+def test_resume_with_changed_train_config_warns(tmp_path):
+    tr = make_trainer(tmp_path)
+    tr.fit(make_points(), steps=2)
+    other = make_trainer(tmp_path, lr=0.5)
+    with pytest.warns(UserWarning, match=r"lr: 0\.01 -> 0\.5"):
+        other.resume()
+
+
+# ---------------------------------------------------------------------------- fit & logging
+def test_fit_epochs_hooks_logs_and_plot(tmp_path):
+    seen = []
+
+    def on_epoch_end(trainer, epoch):
+        seen.append((epoch, trainer.global_step))
+        return {"val_metric": float(epoch)}
+
+    tr = make_trainer(tmp_path, log_every=2, checkpoint_every=4)
+    result = tr.fit(make_points(40), epochs=3, on_epoch_end=on_epoch_end)
+    assert seen == [(0, 5), (1, 10), (2, 15)]  # 40 samples / batch 8 = 5 steps an epoch
+    assert result["step"] == 15 and result["epoch"] == 3
+    recs = tr.read_metrics()
+    assert [r["step"] for r in recs if "event" not in r] == [2, 4, 6, 8, 10, 12, 14]
+    assert [r["val_metric"] for r in recs if r.get("event") == "epoch_end"] == [0.0, 1.0, 2.0]
+    assert {"loss", "lr", "grad_norm", "it_per_s", "epoch"} <= set(recs[0])
+    png = (tmp_path / "loss.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    names = [p.name for p in list_checkpoints(tmp_path / "checkpoints")]
+    assert names == ["step_00000004.safetensors", "step_00000008.safetensors",
+                     "step_00000012.safetensors", "step_00000015.safetensors"]
+
+
+def test_fit_accepts_conditional_datasets_dataloaders_and_dicts(tmp_path):
+    pairs = make_pairs(16)
+    tr = make_trainer(tmp_path / "a", cond_dim=2, p_uncond=0.5)
+    tr.fit(pairs, steps=3)
+    assert tr.global_step == 3
+
+    loader = torch.utils.data.DataLoader(pairs, batch_size=4)
+    tr = make_trainer(tmp_path / "b", cond_dim=2)
+    tr.fit(loader, steps=6,
+           batch_fn=lambda b: default_batch_fn({"x0": b[0], "cond": b[1]}))
+    assert (tr.global_step, tr.epoch, tr.batch_in_epoch) == (6, 1, 2)
+
+    one_shot = iter([make_points(8)])
+    with pytest.raises(ValueError, match="no batch in epoch 1"):
+        make_trainer(tmp_path / "c").fit(one_shot, steps=5)
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        make_trainer(tmp_path / "d", batch_size=64).fit(make_points(40), steps=1)
+
+
+def test_keep_last_k(tmp_path):
+    tr = make_trainer(tmp_path, checkpoint_every=1, keep_last=2)
+    tr.fit(make_points(), steps=5)
+    names = [p.name for p in list_checkpoints(tmp_path / "checkpoints")]
+    assert names == ["step_00000004.safetensors", "step_00000005.safetensors"]
+    manual = tr.save(tmp_path / "keep_me.safetensors")
+    tr.fit(make_points(), steps=7)
+    assert manual.exists()
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == [
+        "step_00000006.safetensors", "step_00000007.safetensors"]
+
+
+# ---------------------------------------------------------------------------- precision
+def test_bf16_autocast_on_cpu_with_channels_last(tmp_path):
+    torch.manual_seed(0)
+    model = ScoreModel(TinyConv(), VPSDE(), "eps")
+    cfg = TrainConfig(lr=1e-3, batch_size=4, precision="bf16", channels_last=True,
+                      progress=False, log_every=1, checkpoint_every=0)
+    tr = Trainer(model, cfg, tmp_path)
+    assert isinstance(tr.autocast, torch.autocast) and tr.autocast.fast_dtype == torch.bfloat16
+    ctx = tr.autocast
+    tr.fit(torch.randn(8, 1, 8, 8), steps=3)
+    assert tr.autocast is ctx  # chosen once
+    assert all(math.isfinite(v) for v in _losses(tr).values())
+    w = tr.model.net.inp.weight
+    assert w.dtype == torch.float32 and w.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_fp16_uses_a_grad_scaler(tmp_path):
+    with pytest.warns(UserWarning, match="bf16"):
+        tr = make_trainer(tmp_path, precision="fp16")
+    assert tr.scaler.is_enabled()
+    tr.fit(make_points(), steps=3)
+    assert tr.global_step == 3
+    ck = load_checkpoint(tr.save())
+    assert ck.scaler_state()["scale"] > 0
+
+
+@pytest.mark.slow
+def test_torch_compile(tmp_path):
+    tr = make_trainer(tmp_path, compile=True)
+    tr.fit(make_points(), steps=3)
+    assert tr.global_step == 3
+    assert set(tr.model.state_dict()) == set(load_checkpoint(tr.save()).model_state())
