@@ -165,6 +165,9 @@ def default_batch_fn(batch: Any) -> Batch:
     )
 
 
+_END = object()
+
+
 def _seed(*parts: Any) -> int:
     """A 63-bit seed from any parts (stable across processes and python versions)."""
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
@@ -489,6 +492,8 @@ class Trainer:
         opt_state = ck.optimizer_state()
         if opt_state is not None:
             self.optimizer.load_state_dict(opt_state)
+            for group in self.optimizer.param_groups:  # the config wins over saved groups
+                group.update(betas=self.config.betas, weight_decay=self.config.weight_decay)
         scaler_state = ck.scaler_state()
         if scaler_state is not None and self.scaler.is_enabled():
             self.scaler.load_state_dict(scaler_state)
@@ -559,6 +564,12 @@ class Trainer:
             sampler.set_epoch(self.epoch)
         return itertools.islice(iter(data), skip, None)
 
+    def _end_epoch(self, hook: Callable[[Trainer, int], Any] | None) -> None:
+        finished = self.epoch
+        self.epoch, self.batch_in_epoch = finished + 1, 0
+        metrics = hook(self, finished) if hook is not None else None
+        self.log({"event": "epoch_end", "epoch": finished, **(metrics or {})})
+
     def fit(
         self,
         data: Dataset | Tensor | Iterable[Any],
@@ -599,29 +610,29 @@ class Trainer:
         self._window, self._window_t0 = [], time.perf_counter()
         try:
             while not done():
-                skip, n = self.batch_in_epoch, 0
-                for batch in self._batches(data, loader):
-                    n += 1
-                    x0, cond = batch_fn(batch)
-                    loss = self.step(x0, cond)
+                batches = self._batches(data, loader)
+                batch = next(batches, _END)
+                if batch is _END and self.batch_in_epoch == 0:
+                    raise ValueError(
+                        f"the data yielded no batch in epoch {self.epoch}; pass a re-iterable "
+                        "(a Dataset, tensor or DataLoader), not a one-shot iterator, with at "
+                        "least one full batch")
+                while batch is not _END:
+                    loss = self.step(*batch_fn(batch))
                     self.batch_in_epoch += 1
                     if on_step_end is not None:
                         on_step_end(self, self.global_step, loss)
+                    batch = next(batches, _END)  # look ahead: was that the epoch's last?
+                    if batch is _END:
+                        self._end_epoch(on_epoch_end)
                     every = self.config.checkpoint_every
                     if every and self.global_step % every == 0:
                         self.save()
                     if done():
                         break
                 else:
-                    if n == 0 and skip == 0:
-                        raise ValueError(
-                            f"the data yielded no batch in epoch {self.epoch}; pass a "
-                            "re-iterable (a Dataset, tensor or DataLoader), not a one-shot "
-                            "iterator, with at least one full batch")
-                    finished = self.epoch
-                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                    metrics = on_epoch_end(self, finished) if on_epoch_end is not None else None
-                    self.log({"event": "epoch_end", "epoch": finished, **(metrics or {})})
+                    if self.batch_in_epoch:  # resumed exactly at the end of an epoch
+                        self._end_epoch(on_epoch_end)
         finally:
             if self._bar is not None:
                 self._bar.close()

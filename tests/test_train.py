@@ -117,7 +117,7 @@ def test_tiny_model_overfits_tiny_set(tmp_path):
     after = _eval_loss(tr.ema_model, points)
     assert after < before / 3, (before, after)
     assert after - optimum < (before - optimum) / 4, (before, after, optimum)
-    assert (tr.global_step, tr.epoch, tr.batch_in_epoch) == (300, 149, 2)  # 2 batches an epoch
+    assert (tr.global_step, tr.epoch, tr.batch_in_epoch) == (300, 150, 0)  # 2 batches an epoch
 
 
 def test_step_follows_adamw_and_lr_schedule(tmp_path):
@@ -303,9 +303,12 @@ def test_resume_without_checkpoint_is_a_no_op_and_missing_path_raises(tmp_path):
 def test_resume_with_changed_train_config_warns(tmp_path):
     tr = make_trainer(tmp_path)
     tr.fit(make_points(), steps=2)
-    other = make_trainer(tmp_path, lr=0.5)
-    with pytest.warns(UserWarning, match=r"lr: 0\.01 -> 0\.5"):
+    other = make_trainer(tmp_path, lr=0.5, weight_decay=0.1)
+    with pytest.warns(UserWarning, match=r"lr: 0\.01 -> 0\.5; weight_decay: 0\.0 -> 0\.1"):
         other.resume()
+    assert other.optimizer.param_groups[0]["weight_decay"] == 0.1
+    other.fit(make_points(), steps=3)
+    assert other.optimizer.param_groups[0]["lr"] == 0.5
 
 
 # ---------------------------------------------------------------------------- fit & logging
