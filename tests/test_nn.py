@@ -93,6 +93,9 @@ def test_architecture_layout(num_res_blocks, attention_resolutions, mid_attentio
     res = [m for m in net.modules() if isinstance(m, ResBlock)]
     assert sum(m.down for m in res) == levels - 1
     assert sum(m.up for m in res) == levels - 1
+    # up-sampling blocks already map to the finer level's width
+    widths = net.config.level_channels
+    assert sorted(m.out_channels for m in res if m.up) == sorted(widths[:-1])
     plain = levels * num_res_blocks + levels * (num_res_blocks + 1) + 2  # down, up, middle
     assert len(res) == plain + 2 * (levels - 1)
     n_linear = sum(isinstance(m, LinearAttention) for m in net.modules())

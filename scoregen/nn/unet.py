@@ -6,7 +6,11 @@ PixelCNN++-style U-Net (Ronneberger et al. 2015, arXiv:1505.04597), as the talk
 
 - ``len(channel_mults)`` levels, ``num_res_blocks`` residual blocks per level on the way
   down (``num_res_blocks + 1`` on the way up, one per skip connection, as in DDPM);
-- down- and up-sampling by residual blocks (BigGAN-style, Dhariwal & Nichol 2021);
+- down- and up-sampling by residual blocks (BigGAN-style, Dhariwal & Nichol 2021); a
+  down-sampling block keeps its level's width, an up-sampling block already maps to the
+  finer level's width (its convs run at the finer resolution, where width is costly;
+  lucidrains' Upsample conv does the same), which cuts the FLOPs of a training step
+  of the ``small`` and ``seed`` presets by about a fifth;
 - the time embedding is supplied to every residual block (FiLM);
 - linear attention after the residual blocks of the levels listed in
   ``attention_resolutions``, full attention in the middle (lowest resolution);
@@ -60,10 +64,12 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
         "time_embed_dim": 32,
         "cond_encoder_depth": 1,
     },
-    # For CPU experiments at 64x64: 64 -> 32 -> 16 -> 8, attention at 16 and 8.
+    # For CPU experiments at 64x64: 64 -> 32 -> 16 -> 8, attention at 16 and 8. One res
+    # block per level (not the talk's two) and a narrow 64x64 level keep a training step
+    # at batch 32 near 0.3 s on 2 CPU cores; the full-resolution level dominates the cost.
     "small": {
         "base_channels": 16,
-        "channel_mults": (1, 2, 4, 4),
+        "channel_mults": (1, 2, 2, 4),
         "num_res_blocks": 1,
         "attention_resolutions": (4, 8),
         "mid_attention": True,
@@ -333,12 +339,14 @@ class UNet(nn.Module):
         self.up = nn.ModuleList()
         for level, level_ch in reversed(list(enumerate(c.level_channels))):
             for i in range(c.num_res_blocks + 1):
-                last_of_level = i == c.num_res_blocks
-                upsample = res(level_ch, level_ch, up=True) if level > 0 and last_of_level else None
-                self.up.append(
-                    _Stage(res(ch + skips.pop(), level_ch), linear_attn(level_ch, level), upsample)
-                )
+                block = res(ch + skips.pop(), level_ch)
                 ch = level_ch
+                upsample = None
+                if level > 0 and i == c.num_res_blocks:
+                    # Runs at the finer level's resolution, so it takes that level's width.
+                    upsample = res(ch, c.level_channels[level - 1], up=True)
+                    ch = c.level_channels[level - 1]
+                self.up.append(_Stage(block, linear_attn(level_ch, level), upsample))
 
         self.out_norm = nn.GroupNorm(groups, ch)
         self.out_conv = nn.Conv2d(ch, c.out_channels, kernel_size=3, padding=1)
