@@ -14,7 +14,7 @@ case is a PA chest radiograph drawn from a few random anatomical parameters:
   ("Normal") have empty infection masks, like the real data;
 * random global rotation, scale and shift, contrast (gamma) and pixel noise.
 
-Shapes are rendered at 4x the resolution and area-averaged, so masks are
+Shapes are rendered at 2x the resolution and area-averaged, so masks are
 "area > 0.5" exactly like the real loader's resize; images are quantised to 8 bit
 so a phantom written to PNG reads back identically. Case ``i`` depends only on
 ``(seed, i)``: the first ``m`` cases of a set of ``n > m`` equal a set of ``m``.
@@ -81,7 +81,7 @@ def _case_parameters(rng: np.random.Generator, covid: bool) -> dict[str, Any]:
             a_low = 0.65 if side == 1 else 0.35  # stay lateral of the heart on the image's right
             blobs[k] = (1.0, side, u(a_low, 0.9), u(0.35, 0.85), u(0.2, 0.42), u(0.7, 1.4))
     p["blobs"] = blobs
-    p["opacity"] = u(0.12, 0.24)
+    p["opacity"] = u(0.16, 0.30)
     return p
 
 
