@@ -26,7 +26,9 @@ any single one:
 
   iterated to convergence; the fused mask is ``W > 0.5``. Here each image of the
   batch is its own STAPLE problem (sample j of one image and sample j of another
-  are unrelated draws), with the global prior g = mean of its decisions.
+  are unrelated draws). W_i depends only on pixel i's pattern of K decisions, so
+  EM runs exactly on the at most 2^K distinct patterns weighted by their pixel
+  counts, not on every pixel.
 
 Scale: ``samples`` are (K, B, ...) in [0, 1], probabilities or binary {0, 1}, like
 the metrics' inputs. A model that generates masks in [-1, 1] (as the datasets
@@ -104,18 +106,40 @@ class StapleResult:
 
 
 def _posterior_logit(d: Tensor, p: Tensor, q: Tensor, log_prior_ratio: Tensor) -> Tensor:
-    """log(a_i / b_i) of the E-step: (B, N) from decisions d (K, B, N), p, q (K, B).
+    """log(a_i / b_i) of the E-step: (B, M) from decisions d (K, B, M), p, q (K, B).
 
     sum_j [D_ij log(p_j / (1 - q_j)) + (1 - D_ij) log((1 - p_j) / q_j)]
     = sum_j D_ij alpha_j + sum_j beta_j, one contraction over raters.
     """
     beta = (-p).log1p() - q.log()  # (K, B)
     alpha = p.log() - (-q).log1p() - beta
-    return torch.einsum("kbn,kb->bn", d, alpha) + (beta.sum(0) + log_prior_ratio)[:, None]
+    return torch.einsum("kbm,kb->bm", d, alpha) + (beta.sum(0) + log_prior_ratio)[:, None]
 
 
 def _logit(x: Tensor) -> Tensor:
     return x.log() - (-x).log1p()
+
+
+def _decision_patterns(d: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Group pixels by their pattern of K decisions (exact: W_i depends on nothing else).
+
+    Args:
+        d: (K, B, N) bool decisions.
+    Returns:
+        units (K, B, M) float64 decisions of each unit, counts (B, M) float64 pixels
+        per unit, and codes (B, N) giving each pixel's unit, or None when the units
+        are the pixels themselves (M = N; used when 2^K >= N).
+    """
+    k, b, n = d.shape
+    if k > 20 or 2**k >= n:
+        return d.double(), torch.ones(b, n, dtype=torch.float64, device=d.device), None
+    m = 2**k
+    powers = 2 ** torch.arange(k, device=d.device)  # (K,)
+    codes = (d.long() * powers[:, None, None]).sum(0)  # (B, N) pattern index in [0, 2^K)
+    counts = torch.zeros(b, m, dtype=torch.float64, device=d.device)
+    counts.scatter_add_(1, codes, torch.ones_like(codes, dtype=torch.float64))
+    bits = (torch.arange(m, device=d.device)[None, :] // powers[:, None]) % 2  # (K, M)
+    return bits[:, None, :].expand(k, b, m).double(), counts, codes
 
 
 @torch.no_grad()
@@ -154,12 +178,12 @@ def staple(
             raise ValueError(f"{name} must be in (0.5, 1), got {value!r}")
     k, b = samples.shape[:2]
     spatial = samples.shape[2:]
-    d = (samples > threshold if samples.dtype != torch.bool else samples).reshape(k, b, -1)
-    d = d.double()  # (K, B, N) decisions D_ij
-    n = d.shape[-1]
-    d_sum = d.sum(-1)  # (K, B)
+    decisions = samples > threshold if samples.dtype != torch.bool else samples
+    d, counts, codes = _decision_patterns(decisions.reshape(k, b, -1))  # d: (K, B, M)
+    n = counts.sum(-1)  # (B,) pixels per image
+    d_sum = torch.einsum("kbm,bm->kb", d, counts)  # sum_i D_ij
     if prior in ("em", "fixed"):
-        g = d.mean(dim=(0, 2))
+        g = d_sum.sum(0) / (k * n)  # mean of all decisions
     elif isinstance(prior, (int, float)) and 0.0 < prior < 1.0:
         g = torch.full((b,), float(prior), dtype=torch.float64, device=d.device)
     else:
@@ -169,11 +193,12 @@ def staple(
     q = torch.full((k, b), init_specificity, dtype=torch.float64, device=d.device)
     converged, iterations = False, 0
     for iterations in range(1, max_iter + 1):  # noqa: B007 (reported after the loop)
-        w = torch.sigmoid(_posterior_logit(d, p, q, _logit(g)))  # E-step: (B, N)
-        # M-step; keep the old value where a class has no weight at all.
-        w_sum = w.sum(-1)  # (B,)
-        v_sum = n - w_sum
-        dw = torch.einsum("kbn,bn->kb", d, w)  # sum_i W_i D_ij
+        w = torch.sigmoid(_posterior_logit(d, p, q, _logit(g)))  # E-step: (B, M)
+        # M-step over pixel counts; keep the old value where a class has no weight at all.
+        cw = counts * w
+        w_sum = cw.sum(-1)  # (B,) sum_i W_i
+        v_sum = n - w_sum  # sum_i (1 - W_i)
+        dw = torch.einsum("kbm,bm->kb", d, cw)  # sum_i W_i D_ij
         p_new = torch.where(w_sum > 0, dw / w_sum.clamp(min=_EPS), p)
         q_new = torch.where(v_sum > 0, (v_sum - (d_sum - dw)) / v_sum.clamp(min=_EPS), q)
         p_new, q_new = p_new.clamp(_EPS, 1 - _EPS), q_new.clamp(_EPS, 1 - _EPS)
@@ -184,7 +209,8 @@ def staple(
         if change < tol:
             converged = True
             break
-    w = torch.sigmoid(_posterior_logit(d, p, q, _logit(g))).reshape(b, *spatial)
+    w = torch.sigmoid(_posterior_logit(d, p, q, _logit(g)))
+    w = (w if codes is None else w.gather(1, codes)).reshape(b, *spatial)
     out_dtype = samples.dtype if samples.is_floating_point() else torch.float32
     return StapleResult(
         probability=w,

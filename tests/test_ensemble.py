@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from scoregen import ensemble
 from scoregen.ensemble import fuse, staple, to_unit_interval, uncertainty
 from scoregen.metrics.segmentation import confusion_matrix
 
@@ -109,6 +110,33 @@ def test_staple_is_not_a_single_weighted_mean():
     d1 = confusion_matrix(one_pass.mask, truth).metrics()["dice"]
     d2 = confusion_matrix(full.mask, truth).metrics()["dice"]
     assert d2 > d1 + 0.02
+
+
+@pytest.mark.parametrize("prior", ["em", "fixed", 0.3])
+def test_staple_pattern_grouping_is_exact(monkeypatch, prior):
+    """EM on the distinct decision patterns (weighted by counts) equals EM on every pixel."""
+    samples = _raters(_truth(b=1), [(0.9, 0.95), (0.85, 0.97), (0.2, 0.6)], seed=5)
+    grouped = staple(samples, prior=prior)
+
+    def per_pixel(d):
+        return d.double(), torch.ones(d.shape[1:], dtype=torch.float64), None
+
+    monkeypatch.setattr(ensemble, "_decision_patterns", per_pixel)
+    pixels = staple(samples, prior=prior)
+    assert grouped.iterations == pixels.iterations
+    torch.testing.assert_close(grouped.probability, pixels.probability, atol=1e-10, rtol=0)
+    torch.testing.assert_close(grouped.sensitivity, pixels.sensitivity, atol=1e-10, rtol=0)
+    torch.testing.assert_close(grouped.specificity, pixels.specificity, atol=1e-10, rtol=0)
+
+
+def test_staple_many_raters_on_few_pixels():
+    """2^K >= N pixels: EM runs on the pixels themselves; same answer as a majority here."""
+    truth = torch.tensor([[[1.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]]])  # (B=1, 2, 4)
+    samples = truth[None].repeat(5, 1, 1, 1)
+    samples[0, 0, 0, 0] = 0.0  # one dissenting vote
+    result = staple(samples)
+    assert torch.equal(result.mask, truth)
+    assert result.probability.shape == (1, 2, 4)
 
 
 def test_staple_degenerate_inputs():
