@@ -3,7 +3,7 @@
 The embedded default data of the segmentation example (no download needed). Each
 case is a PA chest radiograph drawn from a few random anatomical parameters:
 
-* body outline (an ellipse with a rounded thickness profile), neck, spine /
+* body outline (a superellipse, brighter where thicker), neck, spine /
   mediastinum band, clavicles;
 * two lung fields (darker): a half-ellipse-like shape per side with a rounded
   apex, a sloping diaphragm (the costophrenic angle is lowest) and, on the
