@@ -111,7 +111,9 @@ def dsm_loss(
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     elif noise.shape != x0.shape:
-        raise ValueError(f"noise must have the shape of x0 {tuple(x0.shape)}, got {tuple(noise.shape)}")
+        raise ValueError(
+            f"noise must have the shape of x0 {tuple(x0.shape)}, got {tuple(noise.shape)}"
+        )
     if cond is not None and p_uncond > 0:
         keep = torch.rand(batch, generator=generator, device=x0.device) >= p_uncond
         cond = cond * append_dims(keep.to(cond.dtype), cond.ndim)

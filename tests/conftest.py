@@ -26,3 +26,8 @@ def shared_data(*parts: str) -> Path:
 def _deterministic_torch():
     torch.manual_seed(0)
     yield
+
+
+# Tests run many small tensor ops: one intra-op thread avoids OpenMP overhead and
+# contention on small machines (2 threads made tiny ops ~100x slower on a busy 2-core box).
+torch.set_num_threads(1)
