@@ -1,0 +1,161 @@
+"""Denoising score matching: the analytic score is its minimiser."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import scoregen as sg
+
+SDES = {"ddpm": sg.VPSDE.ddpm, "vp": sg.VPSDE, "subvp": sg.SubVPSDE, "ve": sg.VESDE}
+TARGET = sg.GaussianMixture(means=[[1.0, -0.5]], stds=[[0.5, 0.8]])
+
+
+def _loss(model, x0, t, noise, **kw):
+    return sg.dsm_loss(model, x0, t=t, noise=noise, **kw).item()
+
+
+@pytest.mark.parametrize("prediction", sg.PREDICTIONS)
+@pytest.mark.parametrize("sde_name", list(SDES))
+def test_the_exact_score_has_lower_loss_than_perturbed_scores(sde_name, prediction):
+    sde = SDES[sde_name]()
+    gen = torch.Generator().manual_seed(0)
+    x0 = TARGET.sample(20000, gen)
+    t = sg.sample_times(TARGET.model(sde), 20000, generator=gen).double()
+    noise = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+    exact = TARGET.net(sde, prediction)
+    best = _loss(sg.ScoreModel(exact, sde, prediction), x0, t, noise)
+    # perturbations relative to the output's spread, so they stand above the Monte-Carlo
+    # noise of the loss (v-targets under VE are of order sigma_max)
+    spread = exact(x0, t, None).std().item()
+    for scale, shift in [(1.1, 0.0), (0.9, 0.0), (1.0, 0.1 * spread), (1.0, -0.1 * spread)]:
+        def perturbed(x, t_, c, scale=scale, shift=shift):
+            return exact(x, t_, c) * scale + shift
+
+        worse = _loss(sg.ScoreModel(perturbed, sde, prediction), x0, t, noise)
+        assert worse > best, (scale, shift, worse, best)
+
+
+@pytest.mark.parametrize("sde_name", ["vp", "ve"])
+def test_training_a_linear_model_recovers_the_analytic_gaussian_score(sde_name):
+    """At a fixed t, eps_hat(x) is affine in x for Gaussian data: learn it by DSM."""
+    sde = SDES[sde_name]()
+    t_fix = 0.3
+    alpha, sigma = (v.item() for v in sde.marginal_coeffs(torch.tensor([t_fix])))
+    linear = torch.nn.Linear(2, 2, dtype=torch.float64)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = linear
+
+        def forward(self, x, t, cond=None):
+            return self.linear(x)
+
+    model = sg.ScoreModel(Net(), sde, prediction="eps")
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[300, 450], gamma=0.1)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(600):
+        x0 = TARGET.sample(1024, gen)
+        loss = sg.dsm_loss(model, x0, t=torch.full((1024,), t_fix, dtype=torch.float64),
+                           generator=gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    # eps_hat(x) = -sigma * score = sigma (x - alpha mu) / (alpha^2 s^2 + sigma^2)
+    var = alpha**2 * TARGET.stds[0] ** 2 + sigma**2
+    weight = torch.diag(sigma / var)
+    bias = -sigma * alpha * TARGET.means[0] / var
+    torch.testing.assert_close(linear.weight.detach(), weight, rtol=0.05, atol=0.02)
+    torch.testing.assert_close(linear.bias.detach(), bias, rtol=0.05, atol=0.02)
+
+
+def test_discrete_times_for_the_ddpm_schedule_and_continuous_otherwise():
+    gen = torch.Generator().manual_seed(0)
+    model = TARGET.model(sg.VPSDE.ddpm(num_steps=1000))
+    t = sg.sample_times(model, 5000, generator=gen)
+    steps = t * 1000
+    torch.testing.assert_close(steps, steps.round())
+    assert steps.min() >= 1 and steps.max() <= 1000 and len(steps.unique()) > 900
+    t_c = sg.sample_times(TARGET.model(sg.VPSDE()), 5000, generator=gen)
+    assert t_c.min() >= 1e-3 and t_c.max() <= 1 and len(t_c.unique()) == 5000
+    with pytest.raises(ValueError, match="num_steps"):
+        sg.sample_times(TARGET.model(sg.VPSDE()), 5, discrete=True)
+
+
+def test_sigma2_weighted_score_loss_equals_simple_eps_loss():
+    """NCSN's lambda = sigma^2 on the score is L_simple on eps (Song & Ermon 2019)."""
+    sde = sg.VESDE()
+    gen = torch.Generator().manual_seed(0)
+    x0 = TARGET.sample(256, gen)
+    t = torch.rand(256, generator=gen, dtype=torch.float64) * 0.9 + 0.05
+    noise = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+    score_net = TARGET.net(sde, "score")
+
+    def wrong_score(x, t_, c):
+        return score_net(x, t_, c) * 0.7
+
+    def wrong_eps(x, t_, c):
+        alpha, sigma = sde.marginal_coeffs(t_)
+        return -sigma[:, None] * wrong_score(x, t_, c)
+
+    score_model = sg.ScoreModel(wrong_score, sde, "score")
+    eps_model = sg.ScoreModel(wrong_eps, sde, "eps")
+    a = sg.dsm_loss(score_model, x0, t=t, noise=noise)  # default weighting: sigma2
+    b = sg.dsm_loss(eps_model, x0, t=t, noise=noise)  # default weighting: simple
+    torch.testing.assert_close(a, b)
+    custom = sg.dsm_loss(eps_model, x0, t=t, noise=noise, weighting=lambda al, s: 2 + 0 * s)
+    torch.testing.assert_close(custom, 2 * b)
+
+
+def test_condition_dropout_zeroes_a_fraction_of_the_conditions():
+    seen = []
+
+    def net(x, t, cond):
+        seen.append(cond.clone())
+        return torch.zeros_like(x)
+
+    model = sg.ScoreModel(net, sg.VPSDE())
+    cond = torch.ones(4000, 3)
+    sg.dsm_loss(model, torch.zeros(4000, 2), cond, p_uncond=0.25,
+                generator=torch.Generator().manual_seed(0))
+    dropped = (seen[0] == 0).all(1)
+    assert (seen[0][~dropped] == 1).all()  # the rest unchanged
+    assert abs(dropped.double().mean().item() - 0.25) < 0.03
+
+
+def test_per_sample_reduction_and_generator_reproducibility():
+    model = TARGET.model(sg.VPSDE())
+    x0 = TARGET.sample(8, torch.Generator().manual_seed(0))
+    a = sg.dsm_loss(model, x0, reduction="none", generator=torch.Generator().manual_seed(1))
+    b = sg.dsm_loss(model, x0, reduction="none", generator=torch.Generator().manual_seed(1))
+    assert a.shape == (8,)
+    torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"t": torch.full((4,), 1.5)}, ValueError, r"\[0, T=1.0\]"),
+        ({"t": torch.full((3,), 0.5)}, ValueError, r"t must have shape \(4,\)"),
+        ({"noise": torch.zeros(4, 3)}, ValueError, "noise must have the shape"),
+        ({"cond": torch.zeros(2, 1)}, ValueError, "batch size of x"),
+        ({"weighting": "snr"}, ValueError, "weighting must be one of"),
+        ({"p_uncond": 1.5}, ValueError, "p_uncond"),
+        ({"reduction": "sum"}, ValueError, "reduction"),
+    ],
+    ids=["t-range", "t-shape", "noise-shape", "cond-batch", "weighting", "p_uncond",
+         "reduction"],
+)
+def test_bad_input(kwargs, error, match):
+    model = TARGET.model(sg.VPSDE())
+    with pytest.raises(error, match=match):
+        sg.dsm_loss(model, torch.zeros(4, 2), **kwargs)
+
+
+def test_net_output_of_the_wrong_shape_is_reported():
+    model = sg.ScoreModel(lambda x, t, c: x[:, :1], sg.VPSDE())
+    with pytest.raises(ValueError, match=r"net returned shape \(4, 1\)"):
+        sg.dsm_loss(model, torch.zeros(4, 2))
