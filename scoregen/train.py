@@ -181,8 +181,10 @@ class Trainer:
         model: the model; its net must be an ``nn.Module`` with parameters.
         config: a :class:`TrainConfig`.
         out_dir: where ``checkpoints/``, ``metrics.jsonl`` and ``loss.png`` go.
-        model_config: the net's constructor arguments (a dict or dataclass), saved so that
-            :func:`scoregen.load_model` can rebuild the net and resuming can check it.
+        model_config: the net's configuration (a dict, a dataclass, or an object with
+            ``to_dict()`` such as ``UNetConfig``), saved as JSON so that
+            :func:`scoregen.checkpoint.load_model` can rebuild the net and resuming can
+            check it.
         device: where to train; default the model's device. Under torchrun a CUDA device
             gets index ``LOCAL_RANK``.
 
@@ -207,7 +209,9 @@ class Trainer:
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         if not isinstance(model.net, torch.nn.Module) or not any(True for _ in model.parameters()):
             raise ValueError("the model's net must be an nn.Module with parameters to train")
-        if dataclasses.is_dataclass(model_config) and not isinstance(model_config, type):
+        if callable(getattr(model_config, "to_dict", None)):  # e.g. UNetConfig
+            model_config = model_config.to_dict()
+        elif dataclasses.is_dataclass(model_config) and not isinstance(model_config, type):
             model_config = dataclasses.asdict(model_config)
         if model_config is not None:
             model_config = json.loads(json.dumps(dict(model_config)))  # JSON-able, plain copy
