@@ -9,7 +9,7 @@ Sizes are deterministic (``figsize * DPI``, no tight bounding box), stated per f
 
 | function                | PNG width x height in pixels                             |
 |-------------------------|-----------------------------------------------------------|
-| plot_sampler_accuracy   | ``100 (PANEL * panels + 1.5)`` x ``100 PANEL``            |
+| plot_sampler_accuracy   | ``100 (4.5 panels + 1.5)`` x ``350``                      |
 | scatter_panels          | ``100 PANEL * ncols`` x ``100 PANEL * rows``              |
 | plot_curves             | ``100 PANEL * panels`` x ``100 PANEL``                    |
 | segmentation_panels     | ``100 (SEG_PANEL * 4 + 0.6)`` x ``100 (SEG_PANEL * N + 0.3)`` |
@@ -30,17 +30,19 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FormatStrFormatter
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
 __all__ = [
     "plot_sampler_accuracy", "scatter_panels", "image_grid", "plot_curves",
-    "segmentation_panels", "DPI", "PANEL", "SEG_PANEL",
+    "segmentation_panels", "DPI", "PANEL", "ACC_PANEL", "SEG_PANEL",
 ]
 
 #: Resolution of every matplotlib figure written here.
 DPI = 100
 #: Side of one plot panel, in inches.
 PANEL = 3.0
+#: (width, height) of one panel of :func:`plot_sampler_accuracy`, in inches.
+ACC_PANEL = (4.5, 3.5)
 #: Side of one image panel of :func:`segmentation_panels`, in inches.
 SEG_PANEL = 2.4
 #: Extra width for the legend of :func:`plot_sampler_accuracy`, in inches.
@@ -128,7 +130,7 @@ def plot_sampler_accuracy(
             20], [0.09, 0.06])}}``; a series with one point is drawn as a marker.
         floors: ``{panel: floor}``, the same distance between two independent true samples
             of the same size (:func:`scoregen.metrics.distances.sliced_wasserstein_floor`).
-        path: the PNG to write, ``100 (PANEL * panels + 1.5)`` x ``100 PANEL`` pixels.
+        path: the PNG to write, ``100 (4.5 panels + 1.5)`` x ``350`` pixels.
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
@@ -140,7 +142,7 @@ def plot_sampler_accuracy(
     path = _png_path(path)
     names = list(dict.fromkeys(n for panel in series.values() for n in panel))
     styles = _styles(names)
-    fig = _figure(PANEL * len(series) + _LEGEND_W, PANEL)
+    fig = _figure(ACC_PANEL[0] * len(series) + _LEGEND_W, ACC_PANEL[1])
     axes = fig.subplots(1, len(series), squeeze=False)[0]
     for ax, (panel, curves) in zip(axes, series.items(), strict=True):
         for name, pair in curves.items():
@@ -156,9 +158,11 @@ def plot_sampler_accuracy(
         ax.set_xscale("log")
         if logy:
             ax.set_yscale("log")
-        for axis in (ax.xaxis, ax.yaxis):  # plain numbers, not 2x10^-1
+        for axis in (ax.xaxis, ax.yaxis):  # 1-2-5 ticks as plain numbers, not 2x10^-1
+            if axis.get_scale() == "log":
+                axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+                axis.set_minor_formatter(NullFormatter())
             axis.set_major_formatter(FormatStrFormatter("%g"))
-            axis.set_minor_formatter(FormatStrFormatter("%g"))
         ax.tick_params(which="both", labelsize=7)
         ax.set_title(panel)
         ax.set_xlabel("NFE")

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from scoregen import plotting
-from scoregen.plotting import DPI, PANEL, SEG_PANEL
+from scoregen.plotting import ACC_PANEL, DPI, PANEL, SEG_PANEL
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -46,7 +46,7 @@ def test_sampler_accuracy_plot(tmp_path):
     }
     path = plotting.plot_sampler_accuracy(series, {"ring2d": 0.05, "mix64": 0.08},
                                           tmp_path / "acc.png")
-    assert _png_size(path) == (_px(PANEL * 2 + 1.5), _px(PANEL))
+    assert _png_size(path) == (_px(ACC_PANEL[0] * 2 + 1.5), _px(ACC_PANEL[1]))
 
 
 def test_scatter_panels(tmp_path):
