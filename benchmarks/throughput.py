@@ -293,6 +293,9 @@ def run_case(case: Case, setup: Setup, *, isolated: bool = False) -> dict[str, A
     images = setup.batch * (setup.sample_steps if case.task == "sample" else 1)
     try:
         _check_supported(case, device)
+        if row["compile"]:
+            # Rows sharing a process would share Dynamo's caches (and its recompile limit).
+            torch._dynamo.reset()
         memory.start()
         with _runner(case, setup, device) as once:
             t0 = time.perf_counter()
@@ -602,6 +605,10 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
                                                                  else argv),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
     }
+    if device.type == "cuda":  # fp32 rows use TF32 convolutions when cuDNN allows them
+        meta["cuda_tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32,
+                             "cudnn": torch.backends.cudnn.allow_tf32}
+        meta["cudnn_benchmark"] = torch.backends.cudnn.benchmark
     paths = write_reports(out, meta, rows)
     print(f"[throughput] wrote {', '.join(str(p) for p in paths)}")
     return paths
