@@ -5,11 +5,22 @@ sampler, exact likelihoods and conditioning. This module only re-exports the pub
 """
 
 from scoregen.analytic import GaussianMixture, ring_mixture
+from scoregen.checkpoint import (
+    CheckpointError,
+    CheckpointMismatchError,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+)
+from scoregen.ema import EMA
+from scoregen.ensemble import fuse, staple, uncertainty
 from scoregen.likelihood import dequantize, log_likelihood, log_prob
 from scoregen.losses import dsm_loss, sample_times
 from scoregen.model import PREDICTIONS, ScoreModel
+from scoregen.nn import UNET_PRESETS, UNet, UNetConfig
 from scoregen.samplers import SAMPLERS, sample, time_grid
 from scoregen.sde import SDE, VESDE, VPSDE, SubVPSDE
+from scoregen.train import NonFiniteLossError, TrainConfig, Trainer
 
 __version__ = "0.1.0"
 
@@ -20,4 +31,9 @@ __all__ = [
     "sample", "SAMPLERS", "time_grid",
     "log_likelihood", "log_prob", "dequantize",
     "GaussianMixture", "ring_mixture",
+    "UNet", "UNetConfig", "UNET_PRESETS",
+    "Trainer", "TrainConfig", "NonFiniteLossError", "EMA",
+    "save_checkpoint", "load_checkpoint", "load_model", "CheckpointError",
+    "CheckpointMismatchError",
+    "fuse", "staple", "uncertainty",
 ]

@@ -1,0 +1,152 @@
+"""Segmentation as conditional generation (Amit et al. 2021, SegDiff; Wolleb et al. 2022).
+
+A conditional model generates the mask ``x_0`` (in [-1, 1]) given the image ``cond``.
+:func:`segment` draws ``K`` masks per image with any sampler (``K`` noise draws: an
+ensemble), maps them to [0, 1] and fuses them (:mod:`scoregen.ensemble`);
+:func:`evaluate_segmentation` scores the fused masks with the seed's protocol: ONE pixel
+confusion matrix over all evaluated images ("micro"), threshold 0.5, plus per-image
+mean Dice (:mod:`scoregen.metrics.segmentation`), optionally per subgroup of images
+(e.g. COVID-19 only for infection masks, see ``shared/reference/seed-notes.md``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from scoregen.ensemble import FUSION_METHODS, fuse, to_unit_interval, uncertainty
+from scoregen.metrics.segmentation import segmentation_metrics
+from scoregen.model import ScoreModel
+from scoregen.samplers import SAMPLERS, sample
+
+__all__ = ["SegmentationOutput", "segment", "evaluate_segmentation", "predict_masks"]
+
+
+@dataclass
+class SegmentationOutput:
+    """Masks for N images: ``fused`` (N, C, H, W) in {0, 1}; ``samples`` (K, N, C, H, W) in
+    [0, 1]; ``uncertainty`` (N, C, H, W), the pixel-wise variance over the K samples;
+    ``seconds_per_image`` of wall time for sampling and fusing (all K samples)."""
+
+    fused: Tensor
+    samples: Tensor
+    uncertainty: Tensor
+    seconds_per_image: float
+
+
+@torch.no_grad()
+def segment(
+    model: ScoreModel,
+    images: Tensor,
+    *,
+    mask_channels: int = 1,
+    sampler: str = "ddim",
+    steps: int | None = 50,
+    ensemble: int = 1,
+    fuse_method: str = "mean",
+    threshold: float = 0.5,
+    batch_size: int = 64,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    **sampler_options: Any,
+) -> SegmentationOutput:
+    """Generate ``ensemble`` masks per image and fuse them.
+
+    Args:
+        model: a conditional ScoreModel whose net takes ``cond = images``.
+        images: (N, C_img, H, W) conditioning images, as the model was trained on.
+        mask_channels: channels of the generated mask.
+        sampler, steps, **sampler_options: passed to :func:`scoregen.sample`.
+        ensemble: K, the number of masks drawn per image.
+        fuse_method: ``"mean"``, ``"vote"`` or ``"staple"``.
+        batch_size: images per sampler call (each call samples ``K * batch`` masks).
+        generator: makes the noise, hence the masks, reproducible.
+    """
+    if not torch.is_tensor(images) or images.ndim != 4:
+        shape = getattr(images, "shape", images)
+        raise ValueError(f"images must have shape (N, C, H, W), got {shape}")
+    if not isinstance(ensemble, int) or ensemble < 1:
+        raise ValueError(f"ensemble must be an integer >= 1, got {ensemble!r}")
+    if fuse_method not in FUSION_METHODS:
+        raise ValueError(f"fuse_method must be one of {FUSION_METHODS}, got {fuse_method!r}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; valid names: {', '.join(SAMPLERS)}")
+    device = model.device
+    n, _, h, w = images.shape
+    chunks = []
+    t0 = time.perf_counter()
+    bar = tqdm(total=n, desc=f"segment[{sampler}]", disable=not progress, leave=False)
+    for start in range(0, n, batch_size):
+        cond = images[start:start + batch_size].to(device)
+        b = cond.shape[0]
+        cond_k = cond.repeat(ensemble, 1, 1, 1)  # (K*b, C, H, W): sample k of image j at k*b+j
+        options = dict(sampler_options)
+        if steps is not None:
+            options["steps"] = steps
+        x = sample(model, (ensemble * b, mask_channels, h, w), sampler, cond=cond_k,
+                   generator=generator, **options)
+        chunks.append(to_unit_interval(x.float()).reshape(ensemble, b, mask_channels, h, w).cpu())
+        bar.update(b)
+    bar.close()
+    samples = torch.cat(chunks, dim=1)
+    fused = fuse(samples, fuse_method, threshold) if ensemble > 1 else (
+        samples[0] > threshold).float()
+    seconds = (time.perf_counter() - t0) / max(n, 1)
+    return SegmentationOutput(fused, samples, uncertainty(samples), seconds)
+
+
+def evaluate_segmentation(
+    predict: Callable[[Tensor], Tensor] | SegmentationOutput,
+    images: Tensor,
+    masks: Tensor,
+    *,
+    groups: Mapping[str, Tensor] | None = None,
+    threshold: float = 0.5,
+) -> dict[str, dict[str, float]]:
+    """Seed-protocol metrics of predicted masks against ``masks`` (N, C, H, W) in [-1, 1].
+
+    Args:
+        predict: a :class:`SegmentationOutput` for these images, or a function
+            ``images -> masks in [0, 1]`` (e.g. a supervised segmenter).
+        groups: name → (N,) bool selector; metrics are reported for ``"all"`` and for
+            every group (e.g. ``{"COVID-19": dataset.class_mask("COVID-19")}``).
+    Returns:
+        ``{"all": metrics, group: metrics, ...}`` with the 8 micro metrics,
+        ``dice_per_image`` and ``n_images``.
+    """
+    pred = predict.fused if isinstance(predict, SegmentationOutput) else predict(images)
+    if pred.shape != masks.shape:
+        raise ValueError(f"predictions {tuple(pred.shape)} and masks {tuple(masks.shape)} differ")
+    truth = to_unit_interval(masks.float())
+    selections = {"all": torch.ones(len(masks), dtype=torch.bool)}
+    for name, sel in (groups or {}).items():
+        if sel.shape != (len(masks),) or sel.dtype != torch.bool:
+            raise ValueError(f"group {name!r} must be a ({len(masks)},) bool tensor")
+        selections[name] = sel
+    out: dict[str, dict[str, float]] = {}
+    for name, sel in selections.items():
+        if not bool(sel.any()):
+            continue
+        metrics = segmentation_metrics(pred[sel].float().cpu(), truth[sel], threshold)
+        out[name] = {**metrics, "n_images": int(sel.sum())}
+    return out
+
+
+@torch.no_grad()
+def predict_masks(
+    net: Callable[[Tensor], Tensor],
+    images: Tensor,
+    *,
+    batch_size: int = 128,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """Probabilities in [0, 1] from a supervised segmenter that returns logits, batched."""
+    outs = [torch.sigmoid(net(images[i:i + batch_size].to(device)).float()).cpu()
+            for i in range(0, len(images), batch_size)]
+    return torch.cat(outs)
