@@ -85,16 +85,22 @@ class ScoreModel(nn.Module):
         return torch.float32
 
     def check_cond(self, x: Tensor, cond: Tensor | None) -> None:
-        """Raise a clear error if ``cond`` cannot belong to the batch ``x``."""
-        if cond is None:
-            return
-        if not torch.is_tensor(cond):
-            raise TypeError(f"cond must be a tensor or None, got {type(cond).__name__}")
-        if cond.ndim == 0 or cond.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"cond must have the batch size of x ({x.shape[0]}) in its first dim; "
-                f"got cond of shape {tuple(cond.shape)} for x of shape {tuple(x.shape)}"
-            )
+        """Raise a clear error if ``cond`` cannot belong to the batch ``x``.
+
+        ``x`` may live on the ``meta`` device (only its shape is used). Nets that define
+        ``check_cond(x, cond)`` (the U-Net does) validate the full shapes here too.
+        """
+        if cond is not None:
+            if not torch.is_tensor(cond):
+                raise TypeError(f"cond must be a tensor or None, got {type(cond).__name__}")
+            if cond.ndim == 0 or cond.shape[0] != x.shape[0]:
+                raise ValueError(
+                    f"cond must have the batch size of x ({x.shape[0]}) in its first dim; "
+                    f"got cond of shape {tuple(cond.shape)} for x of shape {tuple(x.shape)}"
+                )
+        net_check = getattr(self.net, "check_cond", None)
+        if callable(net_check):
+            net_check(x, cond)
 
     # ------------------------------------------------------------------ network output
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:

@@ -299,3 +299,14 @@ def test_sampler_specific_option_errors():
         sg.sample(MODEL, (4, 2), "sde", steps=5, method="heun")
     with pytest.raises(TypeError, match="ScoreModel"):
         sg.sample(lambda x, t, c: x, (4, 2), "ddim", steps=5)
+
+
+def test_bad_calls_leave_the_generator_untouched():
+    """Validation happens before x_T is drawn, so a retry gives the same samples."""
+    gen = torch.Generator().manual_seed(0)
+    state = gen.get_state()
+    with pytest.raises(ValueError):
+        sg.sample(MODEL, (4, 2), "ddim", steps=5, cond=torch.zeros(3, 1), generator=gen)
+    with pytest.raises(ValueError):
+        sg.sample(MODEL, (4, 2), "ddim", steps=5, spacing="cosine", generator=gen)
+    assert torch.equal(gen.get_state(), state)

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from .attention import Attention, LinearAttention
 from .blocks import ResBlock
-from .conditioning import ConditionalStem, check_cond_mode
+from .conditioning import ConditionalStem, check_cond_mode, prepare_condition
 from .embedding import TimestepEmbedding
 
 __all__ = ["UNET_PRESETS", "UNet", "UNetConfig"]
@@ -396,6 +396,14 @@ class UNet(nn.Module):
                 f"t must have shape (B,) = ({batch},) (or be 0-d / a float); got {tuple(t.shape)}"
             )
         return t.to(x.device)
+
+    def check_cond(self, x: Tensor, cond: Tensor | None) -> None:
+        """Validate ``x`` and ``cond`` shapes without running the net (``x`` may be on the
+        ``meta`` device). Samplers call it through ``ScoreModel.check_cond`` before they
+        draw any noise, so a wrong condition fails before the first step."""
+        self._check_inputs(x, 0.0)
+        prepare_condition(cond, x, cond_channels=self.config.cond_channels,
+                          cond_mode=self.config.cond_mode)
 
     def forward(self, x: Tensor, t: Tensor | float, cond: Tensor | None = None) -> Tensor:
         """``x: (B, C_in, H, W), t: (B,), cond: (B, C_cond, H, W) | None`` -> (B, C_out, H, W)."""

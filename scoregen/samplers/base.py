@@ -28,12 +28,9 @@ __all__ = ["SamplingRun", "Callback"]
 Callback = Callable[[dict[str, Any]], None]
 
 
-def _initial_state(
-    model: ScoreModel,
-    x: Tensor | tuple[int, ...] | list[int] | torch.Size,
-    generator: torch.Generator | None,
-    device: torch.device | str | None,
-) -> Tensor:
+def _shape_probe(model: ScoreModel, x: Tensor | tuple[int, ...] | list[int] | torch.Size
+                 ) -> Tensor:
+    """Validate x_T or its shape; return a ``meta`` tensor of that shape (nothing drawn)."""
     if torch.is_tensor(x):
         if x.ndim < 2:
             raise ValueError(f"x_T must have shape (B, *D) with a batch dim, got {tuple(x.shape)}")
@@ -41,18 +38,30 @@ def _initial_state(
             raise TypeError(f"x_T must be a floating-point tensor, got dtype {x.dtype}")
         if not bool(torch.isfinite(x).all()):
             raise ValueError("x_T contains non-finite values (nan or inf)")
-        return x
+        return torch.empty(x.shape, dtype=x.dtype, device="meta")
     if isinstance(x, (tuple, list, torch.Size)) and len(x) >= 2 and all(
         isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in x
     ):
-        device = device if device is not None else model.device
-        z = torch.randn(tuple(x), generator=generator, device=_gen_device(generator, device),
-                        dtype=model.dtype)
-        return (z * model.sde.prior_std).to(device)
+        return torch.empty(tuple(x), dtype=model.dtype, device="meta")
     raise TypeError(
         "expected the initial noise x_T as a tensor (B, *D) or a shape tuple of positive "
         f"ints with a batch dim, e.g. (16, 1, 64, 64); got {x!r}"
     )
+
+
+def _initial_state(
+    model: ScoreModel,
+    x: Tensor | tuple[int, ...] | list[int] | torch.Size,
+    generator: torch.Generator | None,
+    device: torch.device | str | None,
+) -> Tensor:
+    """x_T itself, or a draw from the SDE's prior with the caller's generator."""
+    if torch.is_tensor(x):
+        return x
+    device = device if device is not None else model.device
+    z = torch.randn(tuple(x), generator=generator, device=_gen_device(generator, device),
+                    dtype=model.dtype)
+    return (z * model.sde.prior_std).to(device)
 
 
 def _gen_device(generator: torch.Generator | None, fallback: torch.device | str) -> torch.device:
@@ -92,19 +101,21 @@ class SamplingRun:
         self.name = name
         self.generator = generator
         self.callback = callback
+        # Validate shapes and the condition before any noise is drawn: a bad call fails
+        # before the first step and leaves the caller's generator untouched.
+        model.check_cond(_shape_probe(model, x), cond)
+        if grid is not None:
+            self.grid = check_grid(self.sde, grid.detach().to("cpu"))
+        elif steps is None:
+            raise ValueError(f"{name}: give steps (an integer >= 1) or an explicit grid")
+        else:
+            self.grid = time_grid(self.sde, steps, spacing, t_end=t_end)
         x_init = _initial_state(model, x, generator, device)
-        model.check_cond(x_init, cond)
         self.cond = cond
         self.out_dtype = x_init.dtype
         self.net_dtype = x_init.dtype
         self.state_dtype = dtype if dtype is not None else x_init.dtype
         self.x_init = x_init.to(self.state_dtype)
-        if grid is not None:
-            self.grid = check_grid(self.sde, grid.detach().to("cpu"))
-        else:
-            if steps is None:
-                raise ValueError(f"{name}: give steps (an integer >= 1) or an explicit grid")
-            self.grid = time_grid(self.sde, steps, spacing, t_end=t_end)
         g = self.grid
         alpha, sigma = self.sde._alpha_sigma(g)
         f, g2 = self.sde._f_g2(g)
