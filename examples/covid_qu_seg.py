@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -216,9 +217,13 @@ def save_figures(out: Path, model: sg.ScoreModel, ds: SegmentationDataset, idx: 
                         figures / "examples.png",
                         titles=[f"{ds.classes_of[i]}: {ds.names[i]}" for i in show.tolist()])
     if rows:
-        name = f"validation Dice ({len(rows)} evaluations)"
-        plot_curves({name: ([r["epoch"] for r in rows], [r["dice"] for r in rows])},
-                    figures / "dice.png", xlabel="epoch")
+        epochs = [r["epoch"] for r in rows]
+        curves = {"validation Dice (all)": (epochs, [r["dice"] for r in rows])}
+        for key in (k for k in rows[-1] if k.startswith("dice_")):
+            values = [r.get(key, math.nan) for r in rows]
+            curves[f"validation Dice ({key[5:]})"] = (epochs, values)
+        plot_curves(curves, figures / "dice.png", xlabel="epoch",
+                    panels={"validation Dice per epoch": list(curves)})
 
 
 # ----------------------------------------------------------------------------- train + eval
@@ -260,8 +265,12 @@ def train_and_evaluate(args: argparse.Namespace, out: Path, train_ds: Segmentati
         metrics, _ = run_segmentation(tr.ema_model, val_ds, epoch_idx, args,
                                       steps=args.epoch_eval_steps, ensemble=1, progress=False)
         row = {"epoch": epoch, "step": tr.global_step, **metrics["all"]}
+        for group, values in metrics.items():
+            if group != "all":
+                row[f"dice_{group}"] = values["dice"]
+        extra = "".join(f", {k[5:]} {v:.4f}" for k, v in row.items() if k.startswith("dice_"))
         print(f"epoch {epoch:3d} step {tr.global_step:6d}  loss {tr.last_loss:.4f}  "
-              f"val Dice {row['dice']:.4f} ({len(epoch_idx)} images, "
+              f"val Dice {row['dice']:.4f}{extra} ({len(epoch_idx)} images, "
               f"{args.epoch_eval_steps} {args.sampler} steps)", flush=True)
         return {"epoch_eval": row}
 
