@@ -41,11 +41,12 @@ def ancestral_step(
         x0 = x0.clamp(-clip_x0, clip_x0)
     a_ts, s2_ts = run.transition(i)
     s2_t, s2_s = run.sigma[i] ** 2, run.sigma[i + 1] ** 2
-    mean = (a_ts * s2_s / s2_t) * x + (run.alpha[i + 1] * s2_ts / s2_t) * x0
+    # mean = c_x x + c_0 x0_hat; fused multiply-adds (fewer kernels per step, same math)
+    mean = torch.add(x * (a_ts * s2_s / s2_t), x0, alpha=run.alpha[i + 1] * s2_ts / s2_t)
     if s2_s == 0.0:  # the last step lands on clean data: no noise
         return mean, x0
     var = s2_ts * s2_s / s2_t if variance == "small" else s2_ts
-    return mean + math.sqrt(var) * run.randn_like(x), x0
+    return mean.add_(run.randn_like(x), alpha=math.sqrt(var)), x0
 
 
 @torch.no_grad()
