@@ -37,7 +37,13 @@ import scoregen as sg
 from scoregen.data import CovidQUDataset, PhantomDataset, SegmentationDataset
 from scoregen.metrics import metrics_table
 from scoregen.plotting import plot_curves
-from scoregen.segmentation import evaluate_segmentation, predict_masks, segment
+from scoregen.segmentation import (
+    class_groups,
+    evaluate_segmentation,
+    predict_masks,
+    random_subset,
+    segment,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,18 +87,6 @@ def load_data(args: argparse.Namespace) -> tuple[SegmentationDataset, Segmentati
     val = CovidQUDataset(args.data_root, args.split, task=args.task, size=args.size,
                          progress=not args.no_progress)
     return train, val, f"COVID-QU-Ex {val.split_root}"
-
-
-def groups(task: str, ds: SegmentationDataset, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-    if task != "infection":
-        return {}
-    covid = ds.class_mask("COVID-19")[idx]
-    return {"COVID-19": covid} if bool(covid.any()) and not bool(covid.all()) else {}
-
-
-def pick(n_total: int, n: int, seed: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randperm(n_total, generator=gen)[:min(n, n_total)].sort().values
 
 
 # ----------------------------------------------------------------------------- baseline
@@ -163,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     unet_cfg = ck.model_config or {}
     train_ds, val_ds, note = load_data(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    idx = pick(len(val_ds), args.eval_samples, args.seed)
+    idx = random_subset(len(val_ds), args.eval_samples, args.seed)
     images, masks = val_ds.images[idx], val_ds.masks[idx]
-    grp = groups(args.task, val_ds, idx)
+    grp = class_groups(args.task, val_ds, idx)
     headline = "COVID-19" if grp else "all"
     rows: list[dict[str, Any]] = []
 
@@ -181,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
 
     ens_idx = idx[:args.ensemble_samples]
-    ens_grp = groups(args.task, val_ds, ens_idx)
+    ens_grp = class_groups(args.task, val_ds, ens_idx)
     for k in _ints(args.ensembles):
         out = segment(model, val_ds.images[ens_idx], steps=args.ensemble_steps, ensemble=k,
                       batch_size=max(1, 128 // k),

@@ -75,6 +75,7 @@ from typing import Any
 import torch
 
 import scoregen as sg
+from scoregen import devices
 
 TASKS: tuple[str, ...] = ("train", "sample")
 #: variant name -> (torch.compile, channels_last)
@@ -529,15 +530,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: CUDA is not available (torch "
-                         f"{torch.__version__}); use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise SystemExit(f"--device must be cpu or cuda[:N], got {name!r}")
-    return device
+    try:
+        return devices.resolve_device(name)
+    except ValueError as err:
+        raise SystemExit(f"--device: {err}") from err
 
 
 def run_cases(

@@ -33,9 +33,10 @@ from typing import Any
 import torch
 
 import scoregen as sg
+from scoregen import devices
 from scoregen.data import CovidQUDataset, PhantomDataset, SegmentationDataset
 from scoregen.metrics import SEED_RESULTS, metrics_table
-from scoregen.segmentation import evaluate_segmentation, segment
+from scoregen.segmentation import class_groups, evaluate_segmentation, random_subset, segment
 
 #: The seed talk's schedule: DDPM, 1000 steps, beta linear 1e-4 .. 0.02.
 SDE_ARGS = {"num_steps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
@@ -109,12 +110,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: CUDA is not available on this machine")
-    return device
+    try:
+        return devices.resolve_device(name)
+    except ValueError as err:
+        raise SystemExit(f"--device: {err}") from err
 
 
 # ----------------------------------------------------------------------------- data
@@ -137,20 +136,6 @@ def load_data(args: argparse.Namespace, split: str = "Val") -> tuple[
                          progress=progress)
     n_train = f"{len(train)} train / " if train is not None else ""
     return train, val, f"COVID-QU-Ex at {val.split_root}: {n_train}{len(val)} {split}"
-
-
-def pick(n_total: int, n: int, seed: int) -> torch.Tensor:
-    """``min(n, n_total)`` random indices, fixed by the seed (the seed's "512 random")."""
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randperm(n_total, generator=gen)[:min(n, n_total)].sort().values
-
-
-def groups_for(task: str, ds: SegmentationDataset, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Infection metrics are also reported on COVID-19 images only (see seed-notes.md)."""
-    if task != "infection":
-        return {}
-    covid = ds.class_mask("COVID-19")[idx]
-    return {"COVID-19": covid} if bool(covid.any()) and not bool(covid.all()) else {}
 
 
 # ----------------------------------------------------------------------------- model
@@ -177,7 +162,7 @@ def run_segmentation(model: sg.ScoreModel, ds: SegmentationDataset, idx: torch.T
                      progress=progress)
     model.train(was_training)
     metrics = evaluate_segmentation(output, ds.images[idx], ds.masks[idx],
-                                    groups=groups_for(args.task, ds, idx))
+                                    groups=class_groups(args.task, ds, idx))
     for group in metrics.values():
         group["seconds_per_image"] = output.seconds_per_image
     return metrics, output
@@ -228,15 +213,13 @@ def save_figures(out: Path, model: sg.ScoreModel, ds: SegmentationDataset, idx: 
 
 # ----------------------------------------------------------------------------- train + eval
 def train_and_evaluate(args: argparse.Namespace, out: Path, train_ds: SegmentationDataset,
-                       val_ds: SegmentationDataset, data_note: str) -> dict[str, Any]:
+                       val_ds: SegmentationDataset, data_note: str) -> dict[str, Any] | None:
     device = resolve_device(args.device)
     progress = not args.no_progress
     torch.manual_seed(args.seed)
     model, unet_config = build_model(args)
     model.to(device)
-    precision = args.precision
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
+    precision = devices.default_precision(device) if args.precision == "auto" else args.precision
     epochs = args.epochs or (40 if args.data_root is not None else 6)
     steps_per_epoch = len(train_ds) // args.batch_size
     if steps_per_epoch < 1:
@@ -254,8 +237,8 @@ def train_and_evaluate(args: argparse.Namespace, out: Path, train_ds: Segmentati
     if args.resume and trainer.resume():
         print(f"resumed from step {trainer.global_step} (epoch {trainer.epoch})")
     train_ds.set_epoch(trainer.epoch)
-    epoch_idx = pick(len(val_ds), args.epoch_eval_samples, args.seed + 1)
-    eval_idx = pick(len(val_ds), args.eval_samples, args.seed)
+    epoch_idx = random_subset(len(val_ds), args.epoch_eval_samples, args.seed + 1)
+    eval_idx = random_subset(len(val_ds), args.eval_samples, args.seed)
 
     def on_epoch_end(tr: sg.Trainer, epoch: int) -> dict[str, Any] | None:
         train_ds.set_epoch(epoch + 1)
@@ -269,15 +252,18 @@ def train_and_evaluate(args: argparse.Namespace, out: Path, train_ds: Segmentati
             if group != "all":
                 row[f"dice_{group}"] = values["dice"]
         extra = "".join(f", {k[5:]} {v:.4f}" for k, v in row.items() if k.startswith("dice_"))
-        print(f"epoch {epoch:3d} step {tr.global_step:6d}  loss {tr.last_loss:.4f}  "
-              f"val Dice {row['dice']:.4f}{extra} ({len(epoch_idx)} images, "
-              f"{args.epoch_eval_steps} {args.sampler} steps)", flush=True)
+        if tr.is_main:
+            print(f"epoch {epoch:3d} step {tr.global_step:6d}  loss {tr.last_loss:.4f}  "
+                  f"val Dice {row['dice']:.4f}{extra} ({len(epoch_idx)} images, "
+                  f"{args.epoch_eval_steps} {args.sampler} steps)", flush=True)
         return {"epoch_eval": row}
 
     t0 = time.perf_counter()
     trainer.fit(train_ds, steps=total, batch_fn=lambda b: (b["mask"], b["image"]),
                 on_epoch_end=on_epoch_end)
     train_seconds = time.perf_counter() - t0
+    if not trainer.is_main:  # under torchrun, rank 0 evaluates and writes the results
+        return None
     trainer.plot_losses()
     rows = [r["epoch_eval"] for r in trainer.read_metrics() if "epoch_eval" in r]
     write_epoch_table(out, rows)
@@ -347,7 +333,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     model = sg.load_model(args.evaluate, net_factory, device=device)
     _, val_ds, note = load_data(args, split=args.split)
-    idx = pick(len(val_ds), args.eval_samples, args.seed)
+    idx = random_subset(len(val_ds), args.eval_samples, args.seed)
     metrics, _ = run_segmentation(model, val_ds, idx, args, steps=args.sampling_steps,
                                   ensemble=args.ensemble, progress=not args.no_progress)
     out = args.out
@@ -364,7 +350,6 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.evaluate is not None:
         evaluate_checkpoint(args)
         return 0
@@ -379,11 +364,13 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out / cond if args.compare else args.out
         print(f"--- {args.task} segmentation, condition by {cond} -> {out}")
         result = train_and_evaluate(args, out, train_ds, val_ds, note)
+        if result is None:  # not rank 0
+            continue
         text = report(result)
         (out / "results.md").write_text(text)
         print(text)
         results[cond] = result
-    if args.compare:
+    if args.compare and len(results) == len(conds):
         text = compare_table(results)
         (args.out / "comparison.md").write_text(text)
         print(text)

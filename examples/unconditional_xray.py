@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 import scoregen as sg
+from scoregen import devices
 from scoregen.data import CovidQUDataset, PhantomDataset
 from scoregen.plotting import image_grid
 
@@ -54,8 +55,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
+    try:
+        device = devices.resolve_device(args.device)
+    except ValueError as err:
+        raise SystemExit(f"--device: {err}") from err
     progress = not args.no_progress
     if args.data_root is None:
         data = PhantomDataset(args.phantom_train, task="lung", size=args.size, seed=args.seed)
@@ -73,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     train_config = sg.TrainConfig(
         lr=args.lr, warmup_steps=min(100, total // 10), lr_schedule="cosine",
         min_lr=args.lr * 0.05, max_steps=total, batch_size=args.batch_size,
-        ema_decay=args.ema_decay, precision="bf16" if device.type == "cuda" else "fp32",
+        ema_decay=args.ema_decay, precision=devices.default_precision(device),
         checkpoint_every=steps_per_epoch, keep_last=2, seed=args.seed, progress=progress,
     )
     trainer = sg.Trainer(model, train_config, args.out, model_config=config.to_dict(),

@@ -25,7 +25,8 @@ from scoregen.metrics.segmentation import segmentation_metrics
 from scoregen.model import ScoreModel
 from scoregen.samplers import SAMPLERS, sample
 
-__all__ = ["SegmentationOutput", "segment", "evaluate_segmentation", "predict_masks"]
+__all__ = ["SegmentationOutput", "segment", "evaluate_segmentation", "predict_masks",
+           "random_subset", "class_groups"]
 
 
 @dataclass
@@ -150,3 +151,20 @@ def predict_masks(
     outs = [torch.sigmoid(net(images[i:i + batch_size].to(device)).float()).cpu()
             for i in range(0, len(images), batch_size)]
     return torch.cat(outs)
+
+
+def random_subset(n_total: int, n: int, seed: int) -> Tensor:
+    """``min(n, n_total)`` sorted random indices fixed by ``seed`` (the talk's "512 random
+    data samples" of the validation split)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(n_total, generator=gen)[:min(n, n_total)].sort().values
+
+
+def class_groups(task: str, dataset: Any, indices: Tensor) -> dict[str, Tensor]:
+    """Subgroups to report besides "all": infection metrics also on COVID-19 images only
+    (Non-COVID and Normal infection masks are empty; see ``shared/reference/seed-notes.md``).
+    ``dataset`` has ``class_mask(*classes)``; empty for lung, or when all or none are COVID."""
+    if task != "infection":
+        return {}
+    covid = dataset.class_mask("COVID-19")[indices]
+    return {"COVID-19": covid} if bool(covid.any()) and not bool(covid.all()) else {}

@@ -1,0 +1,37 @@
+"""Choosing where to run: ``"auto"`` device names and the matching default precision."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["resolve_device", "default_precision"]
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; otherwise the named device, checked.
+
+    Raises ``ValueError`` for a CUDA device on a machine without CUDA, or a device type
+    other than cpu / cuda.
+    """
+    if isinstance(name, torch.device):
+        device = name
+    elif name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            device = torch.device(name)
+        except RuntimeError as err:
+            raise ValueError(
+                f"unknown device {name!r}; expected auto, cpu, cuda or cuda:N") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r}: CUDA is not available on this machine "
+                         f"(torch {torch.__version__}); use 'cpu' or 'auto'")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda[:N], got {str(device)!r}")
+    return device
+
+
+def default_precision(device: torch.device) -> str:
+    """bf16 autocast on CUDA (k-diffusion's advice: fp16 diffusion training is NaN-prone),
+    float32 on CPU (where bf16 is emulated on most processors)."""
+    return "bf16" if device.type == "cuda" else "fp32"
