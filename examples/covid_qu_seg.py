@@ -204,9 +204,9 @@ def save_figures(out: Path, model: sg.ScoreModel, ds: SegmentationDataset, idx: 
     if rows:
         epochs = [r["epoch"] for r in rows]
         curves = {"validation Dice (all)": (epochs, [r["dice"] for r in rows])}
-        for key in (k for k in rows[-1] if k.startswith("dice_")):
+        for key in (k for k in rows[-1] if k.endswith("_dice")):
             values = [r.get(key, math.nan) for r in rows]
-            curves[f"validation Dice ({key[5:]})"] = (epochs, values)
+            curves[f"validation Dice ({key[:-5]})"] = (epochs, values)
         plot_curves(curves, figures / "dice.png", xlabel="epoch",
                     panels={"validation Dice per epoch": list(curves)})
 
@@ -250,8 +250,8 @@ def train_and_evaluate(args: argparse.Namespace, out: Path, train_ds: Segmentati
         row = {"epoch": epoch, "step": tr.global_step, **metrics["all"]}
         for group, values in metrics.items():
             if group != "all":
-                row[f"dice_{group}"] = values["dice"]
-        extra = "".join(f", {k[5:]} {v:.4f}" for k, v in row.items() if k.startswith("dice_"))
+                row[f"{group}_dice"] = values["dice"]
+        extra = "".join(f", {k[:-5]} {v:.4f}" for k, v in row.items() if k.endswith("_dice"))
         if tr.is_main:
             print(f"epoch {epoch:3d} step {tr.global_step:6d}  loss {tr.last_loss:.4f}  "
                   f"val Dice {row['dice']:.4f}{extra} ({len(epoch_idx)} images, "

@@ -56,7 +56,9 @@ class GaussianMixture:
         weights = torch.ones(k, dtype=torch.float64) if weights is None else torch.as_tensor(
             weights, dtype=torch.float64)
         if weights.shape != (k,) or not bool((weights > 0).all()):
-            raise ValueError(f"weights must be positive of shape ({k},), got {tuple(weights.shape)}")
+            raise ValueError(
+                f"weights must be positive of shape ({k},), got {tuple(weights.shape)}"
+            )
         self.means = means
         self.stds = stds.contiguous()
         self.weights = weights / weights.sum()
