@@ -97,6 +97,8 @@ RATIO_TARGETS = (
     ("ancestral-1000", "ancestral", 1000, 1.1),
 )
 OVERHEAD_TARGET_US = 100.0
+#: The plot's y-axis stops at this multiple of the floor (Langevin at step 0.2 reaches 900x).
+PLOT_MAX_RATIO = 8.0
 
 
 # ----------------------------------------------------------------------------- targets
@@ -477,7 +479,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
                 ys.append(r["sw2"])
         series[f"{name} ({result['meta']['sde']})"] = panel
         floors[f"{name} ({result['meta']['sde']})"] = res["floor"]
-    return plot_sampler_accuracy(series, floors, path)
+    return plot_sampler_accuracy(series, floors, path, max_ratio=PLOT_MAX_RATIO)
 
 
 def _cpu_name() -> str:
@@ -512,6 +514,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="back-to-back runs per case for the warm overhead on ring2d (0: off)")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    p.add_argument("--replot", type=Path, nargs="+", default=None, metavar="JSON",
+                   help="only rewrite the markdown and PNG of earlier runs from their JSON")
     args = p.parse_args(argv)
     if args.sde == ["all"]:
         args.sde = list(SDE_FACTORIES)
@@ -527,8 +531,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def replot(json_path: Path) -> list[Path]:
+    """Rewrite the markdown table and the PNG of a run from its JSON."""
+    result = _revive(json.loads(json_path.read_text()))
+    md_path = json_path.with_suffix(".md")
+    md_path.write_text(markdown(result) + "\n")
+    return [md_path, plot(result, json_path.with_suffix(".png"))]
+
+
+def _revive(obj: Any) -> Any:
+    """Undo :func:`_finite`: the strings "inf" / "nan" back to floats."""
+    if obj in ("inf", "-inf", "nan"):
+        return float(obj)
+    if isinstance(obj, dict):
+        return {k: _revive(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_revive(v) for v in obj]
+    return obj
+
+
 def main(argv: Sequence[str] | None = None) -> list[Path]:
     args = parse_args(argv)
+    if args.replot:
+        written = [p for path in args.replot for p in replot(path)]
+        for path in written:
+            print(f"wrote {path}")
+        return written
     torch.set_num_threads(args.threads)
     all_targets = targets()
     names = args.targets or list(all_targets)

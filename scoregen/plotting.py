@@ -122,6 +122,7 @@ def plot_sampler_accuracy(
     *,
     ylabel: str = "sliced W2 to the target",
     logy: bool = True,
+    max_ratio: float | None = None,
 ) -> Path:
     """Distance vs NFE, one panel per target, with the noise floor as a dashed line.
 
@@ -130,6 +131,8 @@ def plot_sampler_accuracy(
             20], [0.09, 0.06])}}``; a series with one point is drawn as a marker.
         floors: ``{panel: floor}``, the same distance between two independent true samples
             of the same size (:func:`scoregen.metrics.distances.sliced_wasserstein_floor`).
+        max_ratio: clip each panel's y-axis at ``max_ratio * floor`` so diverging series do
+            not squash the rest (their lines leave the top of the panel).
         path: the PNG to write, ``100 (4.5 panels + 1.5)`` x ``350`` pixels.
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -158,6 +161,14 @@ def plot_sampler_accuracy(
         ax.set_xscale("log")
         if logy:
             ax.set_yscale("log")
+        if max_ratio is not None:
+            if not max_ratio > 1:
+                raise ValueError(f"max_ratio must be > 1, got {max_ratio!r}")
+            values = np.concatenate([_xy(pair, name)[1] for name, pair in curves.items()])
+            values = values[np.isfinite(values) & (values > 0)]
+            low = min(values.min(initial=floor), floor)
+            high = min(max_ratio * floor, 1.1 * values.max(initial=floor))
+            ax.set_ylim(0.9 * low, max(high, 1.1 * floor))
         for axis in (ax.xaxis, ax.yaxis):  # 1-2-5 ticks as plain numbers, not 2x10^-1
             if axis.get_scale() == "log":
                 axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))

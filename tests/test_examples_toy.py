@@ -81,3 +81,6 @@ def test_benchmark_tiny_run_writes_json_markdown_and_png(bench, tmp_path):
     assert "## ring2d" in md and "| ddim/uniform |" in md
     with Image.open(tmp_path / "samplers_ddpm_quick.png") as img:
         assert img.format == "PNG"
+    (tmp_path / "samplers_ddpm_quick.md").unlink()
+    bench["main"](["--replot", str(tmp_path / "samplers_ddpm_quick.json")])
+    assert (tmp_path / "samplers_ddpm_quick.md").read_text() == md
