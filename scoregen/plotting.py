@@ -131,9 +131,10 @@ def plot_sampler_accuracy(
             20], [0.09, 0.06])}}``; a series with one point is drawn as a marker.
         floors: ``{panel: floor}``, the same distance between two independent true samples
             of the same size (:func:`scoregen.metrics.distances.sliced_wasserstein_floor`).
+        path: the PNG to write, ``100 (4.5 panels + 1.5)`` x ``350`` pixels.
+        ylabel, logy: the y-axis label and scale.
         max_ratio: clip each panel's y-axis at ``max_ratio * floor`` so diverging series do
             not squash the rest (their lines leave the top of the panel).
-        path: the PNG to write, ``100 (4.5 panels + 1.5)`` x ``350`` pixels.
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
@@ -142,6 +143,8 @@ def plot_sampler_accuracy(
     missing = [p for p in series if p not in floors]
     if missing:
         raise ValueError(f"floors has no value for panel(s) {missing}")
+    if max_ratio is not None and not max_ratio > 1:
+        raise ValueError(f"max_ratio must be > 1, got {max_ratio!r}")
     path = _png_path(path)
     names = list(dict.fromkeys(n for panel in series.values() for n in panel))
     styles = _styles(names)
@@ -162,8 +165,6 @@ def plot_sampler_accuracy(
         if logy:
             ax.set_yscale("log")
         if max_ratio is not None:
-            if not max_ratio > 1:
-                raise ValueError(f"max_ratio must be > 1, got {max_ratio!r}")
             values = np.concatenate([_xy(pair, name)[1] for name, pair in curves.items()])
             values = values[np.isfinite(values) & (values > 0)]
             low = min(values.min(initial=floor), floor)

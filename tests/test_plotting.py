@@ -47,6 +47,10 @@ def test_sampler_accuracy_plot(tmp_path):
     path = plotting.plot_sampler_accuracy(series, {"ring2d": 0.05, "mix64": 0.08},
                                           tmp_path / "acc.png")
     assert _png_size(path) == (_px(ACC_PANEL[0] * 2 + 1.5), _px(ACC_PANEL[1]))
+    series["ring2d"]["langevin"] = ([10, 20], [30.0, 5.0])  # far above: clipped at 4x
+    path = plotting.plot_sampler_accuracy(series, {"ring2d": 0.05, "mix64": 0.08},
+                                          tmp_path / "clipped.png", max_ratio=4)
+    assert _png_size(path) == (_px(ACC_PANEL[0] * 2 + 1.5), _px(ACC_PANEL[1]))
 
 
 def test_scatter_panels(tmp_path):
@@ -129,6 +133,9 @@ def test_bad_shapes_and_values_are_rejected(tmp_path):
         plotting.plot_curves({"loss": [1.0]}, out, panels={"p": ["dice"]})
     with pytest.raises(ValueError, match="floors has no value"):
         plotting.plot_sampler_accuracy({"ring": {"ddim": ([10], [0.1])}}, {}, out)
+    with pytest.raises(ValueError, match="max_ratio must be > 1"):
+        plotting.plot_sampler_accuracy({"ring": {"ddim": ([10], [0.1])}}, {"ring": 0.1}, out,
+                                       max_ratio=0.5)
     with pytest.raises(ValueError, match="NFE must be positive"):
         plotting.plot_sampler_accuracy({"ring": {"ddim": ([0], [0.1])}}, {"ring": 0.1}, out)
     with pytest.raises(ValueError, match=r"shape \(N >= 1, 1, H, W\)"):
