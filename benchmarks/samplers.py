@@ -232,6 +232,8 @@ class Repeat:
 
 def make_repeat(target: sg.GaussianMixture, n: int, seed: int, projections: int,
                 refs: int, floor_samples: int) -> Repeat:
+    """Repeat ``seed``: directions, then ``refs`` references, then ``floor_samples`` exact
+    samples whose SW2^2 to every reference estimate the floor (all from seed 10_000 + seed)."""
     gen = torch.Generator().manual_seed(10_000 + seed)
     theta = torch.randn(projections, target.dim, generator=gen, dtype=torch.float64)
     theta = theta / theta.norm(dim=1, keepdim=True)
