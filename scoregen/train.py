@@ -420,28 +420,21 @@ class Trainer:
         return out
 
     def plot_losses(self, path: str | os.PathLike | None = None) -> Path | None:
-        """Write the loss curve from ``metrics.jsonl`` as a PNG (rank 0; Agg, no pyplot)."""
+        """Write the loss curve from ``metrics.jsonl`` as a PNG (rank 0); None if no points."""
         if not self.is_main:
             return None
-        from matplotlib.figure import Figure
+        from scoregen.plotting import plot_curves
 
         recs = [r for r in self.read_metrics() if "event" not in r and "loss" in r]
         pts = [(r["step"], r["loss"]) for r in recs if math.isfinite(r["loss"])]
-        path = Path(path) if path is not None else self.out_dir / "loss.png"
-        fig = Figure(figsize=(6, 4), dpi=100)
-        ax = fig.add_subplot()
-        if pts:
-            ax.plot(*zip(*pts, strict=True), lw=1)
-            if all(v > 0 for _, v in pts):
-                ax.set_yscale("log")
-        ax.set_xlabel("step")
-        ax.set_ylabel(f"DSM loss (mean of {self.config.log_every} steps)")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-        return path
+        if not pts:
+            return None
+        name = f"DSM loss (mean of {self.config.log_every} steps)"
+        steps, losses = zip(*pts, strict=True)
+        logy = [name] if min(losses) > 0 else []
+        return plot_curves({name: (list(steps), list(losses))},
+                           path if path is not None else self.out_dir / "loss.png",
+                           xlabel="step", logy=logy)
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:
