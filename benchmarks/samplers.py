@@ -59,7 +59,6 @@ import math
 import platform
 import re
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -71,6 +70,7 @@ import torch
 from torch import Tensor
 
 import scoregen as sg
+from scoregen import devices
 from scoregen.plotting import plot_sampler_accuracy
 
 BUDGETS = (10, 20, 50, 100)
@@ -485,14 +485,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
 
 
 def _cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or platform.machine()
+    return devices.device_name("cpu")
 
 
 # ----------------------------------------------------------------------------- main

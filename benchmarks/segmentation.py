@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import scoregen as sg
+from scoregen import devices
 from scoregen.data import CovidQUDataset, PhantomDataset, SegmentationDataset
 from scoregen.metrics import metrics_table
 from scoregen.plotting import plot_curves
@@ -208,8 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"checkpoint": str(args.checkpoint), "checkpoint_step": ck.step, "data": note,
               "task": args.task, "split": args.split, "n_images": len(idx),
               "headline_group": headline, "command": " ".join(sys.argv),
-              "hardware": f"{platform.processor() or platform.machine()}, "
-                          f"{torch.get_num_threads()} threads",
+              "hardware": devices.describe_device("cpu"),
               "date": time.strftime("%Y-%m-%d"), "rows": rows, "baseline": baseline}
     (args.out / "segmentation.json").write_text(json.dumps(result, indent=2))
     (args.out / "segmentation.md").write_text(markdown(result))

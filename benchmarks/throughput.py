@@ -373,14 +373,7 @@ def _worker(spec: str) -> None:
 
 # ----------------------------------------------------------------------------- reports
 def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    return devices.device_name(device)
 
 
 def add_speedups(rows: list[dict[str, Any]]) -> None:

@@ -279,7 +279,8 @@ def train_and_evaluate(args: argparse.Namespace, out: Path, train_ds: Segmentati
         "preset": args.preset or ("small" if args.data_root is not None else "tiny"),
         "prediction": args.prediction, "steps": trainer.global_step, "epochs": trainer.epoch,
         "train_seconds": round(train_seconds, 1), "device": str(device),
-        "hardware": hardware(device), "command": " ".join(sys.argv), "metrics": final,
+        "hardware": devices.describe_device(device), "command": " ".join(sys.argv),
+        "metrics": final,
     }
     (out / "results.json").write_text(json.dumps(result, indent=2))
     return result
@@ -289,14 +290,6 @@ def protocol_note(args: argparse.Namespace, n: int) -> str:
     k = f", ensemble of {args.ensemble} fused by {args.fuse}" if args.ensemble > 1 else ""
     return (f"{n} validation images, {args.sampler} with {args.sampling_steps} steps{k}, "
             "threshold 0.5; micro metrics over all pixels, per-image Dice beside them")
-
-
-def hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import platform
-
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
 def report(result: dict[str, Any]) -> str:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import platform
+
 import torch
 
-__all__ = ["resolve_device", "default_precision"]
+__all__ = ["resolve_device", "default_precision", "device_name", "describe_device"]
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -35,3 +39,24 @@ def default_precision(device: torch.device) -> str:
     """bf16 autocast on CUDA (k-diffusion's advice: fp16 diffusion training is NaN-prone),
     float32 on CPU (where bf16 is emulated on most processors)."""
     return "bf16" if device.type == "cuda" else "fp32"
+
+
+def device_name(device: torch.device | str = "cpu") -> str:
+    """The GPU's name, or the CPU model from ``/proc/cpuinfo`` (``platform`` elsewhere)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def describe_device(device: torch.device | str = "cpu") -> str:
+    """One line for reports: name, and for CPUs the cores and torch's intra-op threads."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{device_name(device)} (CUDA)"
+    return (f"{device_name(device)}, {os.cpu_count()} cores, "
+            f"{torch.get_num_threads()} torch threads")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from scoregen.devices import default_precision, resolve_device
+from scoregen.devices import default_precision, describe_device, device_name, resolve_device
 
 
 def test_auto_and_named_devices():
@@ -25,3 +25,8 @@ def test_cuda_without_cuda_is_a_clear_error():
 def test_unknown_devices_are_rejected(name):
     with pytest.raises(ValueError, match="cpu"):
         resolve_device(name)
+
+
+def test_device_description_names_the_machine():
+    text = describe_device("cpu")
+    assert "cores" in text and "torch threads" in text and len(device_name("cpu")) > 0
