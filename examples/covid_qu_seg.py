@@ -26,7 +26,6 @@ import csv
 import json
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -258,10 +257,8 @@ def train_and_evaluate(args: argparse.Namespace, out: Path, train_ds: Segmentati
                   f"{args.epoch_eval_steps} {args.sampler} steps)", flush=True)
         return {"epoch_eval": row}
 
-    t0 = time.perf_counter()
     trainer.fit(train_ds, steps=total, batch_fn=lambda b: (b["mask"], b["image"]),
                 on_epoch_end=on_epoch_end)
-    train_seconds = time.perf_counter() - t0
     if not trainer.is_main:  # under torchrun, rank 0 evaluates and writes the results
         return None
     trainer.plot_losses()
@@ -278,7 +275,7 @@ def train_and_evaluate(args: argparse.Namespace, out: Path, train_ds: Segmentati
         "protocol": protocol_note(args, len(eval_idx)),
         "preset": args.preset or ("small" if args.data_root is not None else "tiny"),
         "prediction": args.prediction, "steps": trainer.global_step, "epochs": trainer.epoch,
-        "train_seconds": round(train_seconds, 1), "device": str(device),
+        "train_seconds": round(trainer.train_seconds, 1), "device": str(device),
         "hardware": devices.describe_device(device), "command": " ".join(sys.argv),
         "metrics": final,
     }

@@ -262,6 +262,8 @@ class Trainer:
         self.skipped_steps = 0  # non-finite loss / gradients: update skipped
         self.overflow_steps = 0  # fp16 GradScaler overflows (finite loss): update skipped
         self._nonfinite_run = 0
+        self.train_seconds = 0.0  # wall time inside fit(), summed over resumed runs
+        self._fit_t0: float | None = None
         self._last_saved = -1
         self._window: list[float] = []
         self._window_t0 = time.perf_counter()
@@ -440,7 +442,12 @@ class Trainer:
     def _state(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "skipped_steps": self.skipped_steps, "overflow_steps": self.overflow_steps,
-                "nonfinite_run": self._nonfinite_run, "world_size": self.world_size}
+                "nonfinite_run": self._nonfinite_run, "world_size": self.world_size,
+                "train_seconds": round(self._elapsed(), 3)}
+
+    def _elapsed(self) -> float:
+        running = 0.0 if self._fit_t0 is None else time.perf_counter() - self._fit_t0
+        return self.train_seconds + running
 
     def save(self, path: str | os.PathLike | None = None) -> Path | None:
         """Write a checkpoint (default ``checkpoints/step_XXXXXXXX.safetensors``) and keep
@@ -501,6 +508,7 @@ class Trainer:
         self.skipped_steps = int(st.get("skipped_steps", 0))
         self.overflow_steps = int(st.get("overflow_steps", 0))
         self._nonfinite_run = int(st.get("nonfinite_run", 0))
+        self.train_seconds = float(st.get("train_seconds", 0.0))
         self._last_saved = ck.step
         self._warn_differences(ck, path)
         rng = ck.rng_state(self.rank)
@@ -605,6 +613,7 @@ class Trainer:
             self._bar = tqdm(total=total, initial=self.global_step, desc="train",
                              dynamic_ncols=True)
         self._window, self._window_t0 = [], time.perf_counter()
+        self._fit_t0 = time.perf_counter()
         try:
             while not done():
                 batches = self._batches(data, loader)
@@ -631,10 +640,11 @@ class Trainer:
                     if self.batch_in_epoch:  # resumed exactly at the end of an epoch
                         self._end_epoch(on_epoch_end)
         finally:
+            self.train_seconds, self._fit_t0 = self._elapsed(), None
             if self._bar is not None:
                 self._bar.close()
                 self._bar = None
         if self._last_saved != self.global_step:
             self.save()
         return {"step": self.global_step, "epoch": self.epoch, "loss": self.last_loss,
-                "skipped_steps": self.skipped_steps}
+                "skipped_steps": self.skipped_steps, "train_seconds": self.train_seconds}

@@ -300,6 +300,22 @@ def test_resume_without_checkpoint_is_a_no_op_and_missing_path_raises(tmp_path):
         tr.resume(tmp_path / "nope.safetensors")
 
 
+def test_train_seconds_add_up_across_resume(tmp_path, monkeypatch):
+    """Wall time inside fit() is saved with the checkpoint and continues after resume,
+    so a report of a killed-and-resumed run states the whole training time."""
+    clock = iter(float(i) for i in range(10_000))  # each perf_counter call: +1 s
+    monkeypatch.setattr("scoregen.train.time.perf_counter", lambda: next(clock))
+    tr = make_trainer(tmp_path)
+    first = tr.fit(make_points(), steps=2)["train_seconds"]
+    assert first > 0 and tr.train_seconds == first
+    saved = load_checkpoint(latest_checkpoint(tmp_path / "checkpoints")).state
+    assert 0 < saved["train_seconds"] <= first
+    again = make_trainer(tmp_path)
+    again.resume()
+    assert again.train_seconds == saved["train_seconds"]
+    assert again.fit(make_points(), steps=4)["train_seconds"] > saved["train_seconds"]
+
+
 def test_resume_with_changed_train_config_warns(tmp_path):
     tr = make_trainer(tmp_path)
     tr.fit(make_points(), steps=2)
