@@ -163,19 +163,39 @@ def main(argv: list[str] | None = None) -> int:
     headline = "COVID-19" if grp else "all"
     rows: list[dict[str, Any]] = []
 
+    def result(baseline: dict[str, Any] | None) -> dict[str, Any]:
+        return {"checkpoint": str(args.checkpoint), "checkpoint_step": ck.step, "data": note,
+                "task": args.task, "split": args.split, "n_images": len(idx),
+                "headline_group": headline, "command": " ".join(sys.argv),
+                "hardware": devices.describe_device("cpu"),
+                "date": time.strftime("%Y-%m-%d"), "rows": rows, "baseline": baseline}
+
+    def save(res: dict[str, Any]) -> None:
+        """After every study, so a crash later keeps what was measured."""
+        (args.out / "segmentation.json").write_text(json.dumps(res, indent=2))
+        (args.out / "segmentation.md").write_text(markdown(res))
+
     for sampler in args.samplers.split(","):
         for steps in _ints(args.steps):
             out = segment(model, images, sampler=sampler, steps=steps, batch_size=128,
                           generator=torch.Generator().manual_seed(args.seed))
             m = evaluate_segmentation(out, images, masks, groups=grp)
             rows.append({"study": "steps", "sampler": sampler, "steps": steps, "ensemble": 1,
-                         "seconds_per_image": out.seconds_per_image, "metrics": m})
+                         "n_images": len(idx), "seconds_per_image": out.seconds_per_image,
+                         "metrics": m})
             print(f"{sampler:>10s} steps {steps:3d}: Dice[{headline}] "
                   f"{m[headline]['dice']:.4f}  {1000 * out.seconds_per_image:.1f} ms/image",
                   flush=True)
 
-    ens_idx = idx[:args.ensemble_samples]
+        save(result(None))
+
+    # a random part of the sweep's images: ``idx`` is sorted and the data sorted by class,
+    # so its first images would all be COVID-19
+    ens_idx = idx[random_subset(len(idx), args.ensemble_samples, args.seed + 1)]
     ens_grp = class_groups(args.task, val_ds, ens_idx)
+    if bool(grp) != bool(ens_grp):
+        raise ValueError(f"--ensemble-samples {args.ensemble_samples} drew images of one class "
+                         f"only; the {headline!r} group needs a larger subset")
     for k in _ints(args.ensembles):
         out = segment(model, val_ds.images[ens_idx], steps=args.ensemble_steps, ensemble=k,
                       batch_size=max(1, 128 // k),
@@ -183,10 +203,12 @@ def main(argv: list[str] | None = None) -> int:
         m = evaluate_segmentation(out, val_ds.images[ens_idx], val_ds.masks[ens_idx],
                                   groups=ens_grp)
         rows.append({"study": "ensemble", "sampler": "ddim", "steps": args.ensemble_steps,
-                     "ensemble": k, "seconds_per_image": out.seconds_per_image, "metrics": m,
+                     "ensemble": k, "n_images": len(ens_idx),
+                     "seconds_per_image": out.seconds_per_image, "metrics": m,
                      "uncertainty_mean": float(out.uncertainty.mean())})
         print(f"ensemble K={k}: Dice[{headline}] {m[headline]['dice']:.4f}  "
               f"{1000 * out.seconds_per_image:.1f} ms/image", flush=True)
+    save(result(None))
 
     baseline = None
     if not args.no_baseline:
@@ -205,15 +227,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"supervised baseline ({steps} steps, {seconds:.0f} s): "
               f"Dice[{headline}] {m[headline]['dice']:.4f}", flush=True)
 
-    result = {"checkpoint": str(args.checkpoint), "checkpoint_step": ck.step, "data": note,
-              "task": args.task, "split": args.split, "n_images": len(idx),
-              "headline_group": headline, "command": " ".join(sys.argv),
-              "hardware": devices.describe_device("cpu"),
-              "date": time.strftime("%Y-%m-%d"), "rows": rows, "baseline": baseline}
-    (args.out / "segmentation.json").write_text(json.dumps(result, indent=2))
-    (args.out / "segmentation.md").write_text(markdown(result))
-    plot(result, args.out)
-    print(markdown(result))
+    final = result(baseline)
+    save(final)
+    plot(final, args.out)
+    print(markdown(final))
     return 0
 
 
@@ -221,20 +238,22 @@ def markdown(result: dict[str, Any]) -> str:
     g = result["headline_group"]
     lines = [f"Segmentation benchmark — {result['task']}, {result['n_images']} {result['split']} "
              f"images ({g}), checkpoint step {result['checkpoint_step']}; {result['hardware']}, "
-             f"{result['date']}", "", "| study | sampler | steps | K | Dice | Jaccard | "
-             "ms / image |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+             f"{result['date']}", "", "| study | sampler | steps | K | images | Dice | Jaccard | "
+             "ms / image |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in result["rows"]:
         m = r["metrics"][g]
         lines.append(f"| {r['study']} | {r['sampler']} | {r['steps']} | {r['ensemble']} | "
-                     f"{m['dice']:.4f} | {m['jaccard']:.4f} | "
-                     f"{1000 * r['seconds_per_image']:.1f} |")
+                     f"{r.get('n_images', result['n_images'])} | {m['dice']:.4f} | "
+                     f"{m['jaccard']:.4f} | {1000 * r['seconds_per_image']:.1f} |")
     b = result["baseline"]
+    sweep = [r for r in result["rows"] if r["study"] == "steps"]  # the baseline's images
     if b is not None:
         m = b["metrics"][g]
         lines.append(f"| supervised U-Net ({b['steps']} steps) | – | 1 forward | – | "
-                     f"{m['dice']:.4f} | {m['jaccard']:.4f} | "
+                     f"{result['n_images']} | {m['dice']:.4f} | {m['jaccard']:.4f} | "
                      f"{1000 * b['seconds_per_image']:.1f} |")
-        best = max(result["rows"], key=lambda r: r["metrics"][g]["dice"])
+    if b is not None and sweep:
+        best = max(sweep, key=lambda r: r["metrics"][g]["dice"])
         lines += ["", "Best diffusion setting vs the supervised baseline:", "",
                   metrics_table({f"diffusion ({best['sampler']}, {best['steps']} steps, "
                                  f"K={best['ensemble']})": best["metrics"][g],

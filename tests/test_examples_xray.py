@@ -83,10 +83,14 @@ def test_segmentation_benchmark_from_a_checkpoint(trained, tmp_path):
     assert bench.main(["--checkpoint", str(checkpoint), "--task", "infection", "--size", "16",
                        "--phantom-train", "32", "--phantom-val", "8", "--steps", "1,2",
                        "--samplers", "ddim,ancestral", "--ensembles", "1,3",
-                       "--ensemble-steps", "1", "--baseline-steps", "3", "--out",
-                       str(tmp_path), "--no-progress"]) == 0
+                       "--ensemble-steps", "1", "--ensemble-samples", "4",
+                       "--baseline-steps", "3", "--out", str(tmp_path), "--no-progress"]) == 0
     result = json.loads((tmp_path / "segmentation.json").read_text())
     assert len(result["rows"]) == 2 * 2 + 2 and result["baseline"]["steps"] == 3
+    assert [r["n_images"] for r in result["rows"]] == [8] * 4 + [4] * 2
+    # the ensemble subset is drawn at random, not the first (class-sorted) images, so the
+    # COVID-19 group is reported for it too
+    assert all(set(r["metrics"]) == {"all", "COVID-19"} for r in result["rows"])
     for name in ("segmentation.md", "dice_vs_steps.png", "dice_vs_ensemble.png"):
         assert (tmp_path / name).is_file()
 
