@@ -161,6 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     images, masks = val_ds.images[idx], val_ds.masks[idx]
     grp = class_groups(args.task, val_ds, idx)
     headline = "COVID-19" if grp else "all"
+    # the ensemble study's images, drawn (and checked) before any sampling: a random part of
+    # the sweep's, since ``idx`` is sorted and the data by class (its head is all COVID-19)
+    ens_idx = idx[random_subset(len(idx), args.ensemble_samples, args.seed + 1)]
+    ens_grp = class_groups(args.task, val_ds, ens_idx)
+    if bool(grp) != bool(ens_grp):
+        raise ValueError(f"--ensemble-samples {args.ensemble_samples} drew images of one class "
+                         f"only; the {headline!r} group needs a larger subset")
     rows: list[dict[str, Any]] = []
 
     def result(baseline: dict[str, Any] | None) -> dict[str, Any]:
@@ -189,13 +196,6 @@ def main(argv: list[str] | None = None) -> int:
 
         save(result(None))
 
-    # a random part of the sweep's images: ``idx`` is sorted and the data sorted by class,
-    # so its first images would all be COVID-19
-    ens_idx = idx[random_subset(len(idx), args.ensemble_samples, args.seed + 1)]
-    ens_grp = class_groups(args.task, val_ds, ens_idx)
-    if bool(grp) != bool(ens_grp):
-        raise ValueError(f"--ensemble-samples {args.ensemble_samples} drew images of one class "
-                         f"only; the {headline!r} group needs a larger subset")
     for k in _ints(args.ensembles):
         out = segment(model, val_ds.images[ens_idx], steps=args.ensemble_steps, ensemble=k,
                       batch_size=max(1, 128 // k),

@@ -37,7 +37,8 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
 
 def default_precision(device: torch.device) -> str:
     """bf16 autocast on CUDA (k-diffusion's advice: fp16 diffusion training is NaN-prone),
-    float32 on CPU (where bf16 is emulated on most processors)."""
+    float32 on CPU: bf16 pays there only with native bf16 instructions (2.4x on the AMD
+    EPYC of ``docs/benchmarks.md``, slower where it is emulated); pass ``bf16`` to opt in."""
     return "bf16" if device.type == "cuda" else "fp32"
 
 
