@@ -34,12 +34,14 @@ from tqdm.auto import tqdm
 
 import scoregen as sg
 from scoregen import devices
-from scoregen.data import CovidQUDataset, PhantomDataset, SegmentationDataset
-from scoregen.metrics import metrics_table
 from scoregen.plotting import plot_curves
 from scoregen.segmentation import (
+    CovidQUDataset,
+    PhantomDataset,
+    SegmentationDataset,
     class_groups,
     evaluate_segmentation,
+    metrics_table,
     predict_masks,
     random_subset,
     segment,

@@ -33,9 +33,17 @@ import torch
 
 import scoregen as sg
 from scoregen import devices
-from scoregen.data import CovidQUDataset, PhantomDataset, SegmentationDataset
-from scoregen.metrics import SEED_RESULTS, metrics_table
-from scoregen.segmentation import class_groups, evaluate_segmentation, random_subset, segment
+from scoregen.segmentation import (
+    SEED_RESULTS,
+    CovidQUDataset,
+    PhantomDataset,
+    SegmentationDataset,
+    class_groups,
+    evaluate_segmentation,
+    metrics_table,
+    random_subset,
+    segment,
+)
 
 #: The seed talk's schedule: DDPM, 1000 steps, beta linear 1e-4 .. 0.02.
 SDE_ARGS = {"num_steps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
@@ -189,7 +197,8 @@ def results_markdown(task: str, columns: dict[str, dict[str, float]], protocol: 
 
 def save_figures(out: Path, model: sg.ScoreModel, ds: SegmentationDataset, idx: torch.Tensor,
                  args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
-    from scoregen.plotting import plot_curves, segmentation_panels
+    from scoregen.plotting import plot_curves
+    from scoregen.segmentation import segmentation_panels
 
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)

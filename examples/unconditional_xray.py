@@ -22,8 +22,8 @@ import torch
 
 import scoregen as sg
 from scoregen import devices
-from scoregen.data import CovidQUDataset, PhantomDataset
 from scoregen.plotting import image_grid
+from scoregen.segmentation import CovidQUDataset, PhantomDataset
 
 SDE_ARGS = {"num_steps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
 

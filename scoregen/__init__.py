@@ -2,25 +2,31 @@
 
 One SDE interface — ``x_t = alpha(t) x_0 + sigma(t) eps`` — carries the loss, every
 sampler, exact likelihoods and conditioning. This module only re-exports the public API.
+
+Layout (imports run downwards only): the core (``sde``, ``model``, ``losses``,
+``samplers``, ``likelihood``, ``analytic``, ``nn``), the training side (``scoregen.train``)
+and the chest X-ray application (``scoregen.segmentation``).
 """
 
 from scoregen.analytic import GaussianMixture, ring_mixture
-from scoregen.checkpoint import (
-    CheckpointError,
-    CheckpointMismatchError,
-    load_checkpoint,
-    load_model,
-    save_checkpoint,
-)
-from scoregen.ema import EMA
-from scoregen.ensemble import fuse, staple, uncertainty
 from scoregen.likelihood import dequantize, log_likelihood, log_prob
 from scoregen.losses import dsm_loss, sample_times
 from scoregen.model import PREDICTIONS, ScoreModel
 from scoregen.nn import UNET_PRESETS, UNet, UNetConfig
 from scoregen.samplers import SAMPLERS, sample, time_grid
 from scoregen.sde import SDE, VESDE, VPSDE, SubVPSDE
-from scoregen.train import NonFiniteLossError, TrainConfig, Trainer
+from scoregen.segmentation.ensemble import fuse, staple, uncertainty
+from scoregen.train import (
+    EMA,
+    CheckpointError,
+    CheckpointMismatchError,
+    NonFiniteLossError,
+    TrainConfig,
+    Trainer,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+)
 
 __version__ = "0.1.0"
 

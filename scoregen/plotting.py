@@ -1,4 +1,4 @@
-"""Figures: sampler accuracy, 2-D scatter panels, image grids, curves, segmentation panels.
+"""Generic figures: sampler accuracy, 2-D scatter panels, image grids, curves.
 
 Every function builds its own :class:`matplotlib.figure.Figure` on an Agg canvas, writes
 one PNG atomically (a temporary file, then ``os.replace``) and drops the figure. Nothing
@@ -12,10 +12,11 @@ Sizes are deterministic (``figsize * DPI``, no tight bounding box), stated per f
 | plot_sampler_accuracy   | ``100 (4.5 panels + 1.5)`` x ``350``                      |
 | scatter_panels          | ``100 PANEL * ncols`` x ``100 PANEL * rows``              |
 | plot_curves             | ``100 PANEL * panels`` x ``100 PANEL``                    |
-| segmentation_panels     | ``100 (SEG_PANEL * 4 + 0.6)`` x ``100 (SEG_PANEL * N + 0.3)`` |
 | image_grid              | ``ncol (W + pad) + pad`` x ``rows (H + pad) + pad``, exact |
 
-with ``PANEL = 3`` and ``SEG_PANEL = 2.4`` inches, ``DPI = 100``.
+with ``PANEL = 3`` inches, ``DPI = 100``. Application figures (the X-ray panels of
+:mod:`scoregen.segmentation.panels`) are built from the same pieces: :func:`new_figure`,
+:func:`image_array`, :func:`png_path` and :func:`save_png`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
 __all__ = [
     "plot_sampler_accuracy", "scatter_panels", "image_grid", "plot_curves",
-    "segmentation_panels", "DPI", "PANEL", "ACC_PANEL", "SEG_PANEL",
+    "new_figure", "image_array", "png_path", "save_png", "DPI", "PANEL", "ACC_PANEL",
 ]
 
 #: Resolution of every matplotlib figure written here.
@@ -43,8 +44,6 @@ DPI = 100
 PANEL = 3.0
 #: (width, height) of one panel of :func:`plot_sampler_accuracy`, in inches.
 ACC_PANEL = (4.5, 3.5)
-#: Side of one image panel of :func:`segmentation_panels`, in inches.
-SEG_PANEL = 2.4
 #: Extra width for the legend of :func:`plot_sampler_accuracy`, in inches.
 _LEGEND_W = 1.5
 
@@ -53,7 +52,8 @@ ArrayLike = Any  # torch.Tensor, np.ndarray or nested sequences
 
 
 # ---------------------------------------------------------------------------- helpers
-def _png_path(path: PathLike) -> Path:
+def png_path(path: PathLike) -> Path:
+    """``path`` as a ``Path`` ending in ``.png`` (else ValueError), its folder created."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"path must end in .png (PNG is the only format written), got {path}")
@@ -61,13 +61,15 @@ def _png_path(path: PathLike) -> Path:
     return path
 
 
-def _figure(width_in: float, height_in: float) -> Figure:
+def new_figure(width_in: float, height_in: float) -> Figure:
+    """A constrained-layout figure of ``width_in`` x ``height_in`` inches on an Agg canvas."""
     fig = Figure(figsize=(width_in, height_in), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_png(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` to ``path`` atomically (a temporary file, then ``os.replace``); clears it."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         fig.savefig(tmp, format="png", dpi=DPI)
@@ -145,10 +147,10 @@ def plot_sampler_accuracy(
         raise ValueError(f"floors has no value for panel(s) {missing}")
     if max_ratio is not None and not max_ratio > 1:
         raise ValueError(f"max_ratio must be > 1, got {max_ratio!r}")
-    path = _png_path(path)
+    path = png_path(path)
     names = list(dict.fromkeys(n for panel in series.values() for n in panel))
     styles = _styles(names)
-    fig = _figure(ACC_PANEL[0] * len(series) + _LEGEND_W, ACC_PANEL[1])
+    fig = new_figure(ACC_PANEL[0] * len(series) + _LEGEND_W, ACC_PANEL[1])
     axes = fig.subplots(1, len(series), squeeze=False)[0]
     for ax, (panel, curves) in zip(axes, series.items(), strict=True):
         for name, pair in curves.items():
@@ -187,7 +189,7 @@ def plot_sampler_accuracy(
             seen.setdefault(lab, h)
     fig.legend(list(seen.values()), list(seen), loc="outside right center", fontsize=6,
                frameon=False)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _styles(names: Sequence[str]) -> dict[str, tuple[Any, str, str]]:
@@ -227,7 +229,7 @@ def scatter_panels(
         if arr.ndim != 2 or arr.shape[1] != 2:
             raise ValueError(f"panel {title!r} must have shape (N, 2), got {arr.shape}")
         clouds[str(title)] = arr
-    path = _png_path(path)
+    path = png_path(path)
     if lim is None:
         first = next(iter(clouds.values()))
         finite = first[np.isfinite(first).all(1)]
@@ -236,7 +238,7 @@ def scatter_panels(
     if not (lim > 0 and math.isfinite(lim)):
         raise ValueError(f"lim must be a positive finite number, got {lim!r}")
     rows, ncols = _grid_shape(len(clouds), ncols)
-    fig = _figure(PANEL * ncols, PANEL * rows)
+    fig = new_figure(PANEL * ncols, PANEL * rows)
     axes = fig.subplots(rows, ncols, squeeze=False).ravel()
     for ax, (title, arr) in zip(axes, clouds.items(), strict=False):
         ok = np.isfinite(arr).all(1)
@@ -249,7 +251,7 @@ def scatter_panels(
         ax.tick_params(labelsize=7)
     for ax in axes[len(clouds):]:
         ax.set_axis_off()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_curves(
@@ -282,8 +284,8 @@ def plot_curves(
     bad_logy = sorted(set(logy) - set(groups))
     if bad_logy:
         raise ValueError(f"logy names unknown panels {bad_logy}; panels: {list(groups)}")
-    path = _png_path(path)
-    fig = _figure(PANEL * len(groups), PANEL)
+    path = png_path(path)
+    fig = new_figure(PANEL * len(groups), PANEL)
     axes = fig.subplots(1, len(groups), squeeze=False)[0]
     for ax, (title, names) in zip(axes, groups.items(), strict=True):
         for name in names:
@@ -296,11 +298,12 @@ def plot_curves(
         ax.grid(alpha=0.3)
         if len(names) > 1:
             ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 # ---------------------------------------------------------------------------- images
-def _images(x: ArrayLike, name: str) -> np.ndarray:
+def image_array(x: ArrayLike, name: str) -> np.ndarray:
+    """``x`` as a finite float64 array of shape (N, C, H, W); ValueError naming ``name``."""
     arr = _numpy(x, name)
     if arr.ndim != 4:
         raise ValueError(f"{name} must have shape (N, C, H, W), got {arr.shape}")
@@ -325,7 +328,7 @@ def image_grid(
     """
     from PIL import Image
 
-    arr = _images(images, "images")
+    arr = image_array(images, "images")
     n, c, h, w = arr.shape
     if n == 0 or c not in (1, 3):
         raise ValueError(f"images must be (N >= 1, C in {{1, 3}}, H, W), got {arr.shape}")
@@ -333,7 +336,7 @@ def image_grid(
         raise ValueError(f"nrow must be a positive int, got {nrow!r}")
     if not isinstance(padding, int) or padding < 0:
         raise ValueError(f"padding must be an int >= 0, got {padding!r}")
-    path = _png_path(path)
+    path = png_path(path)
     rows, ncol = _grid_shape(n, nrow)
     pixels = np.rint((np.clip(arr, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
     grid = np.zeros((c, rows * (h + padding) + padding, ncol * (w + padding) + padding),
@@ -347,69 +350,3 @@ def image_grid(
     img.save(tmp, format="PNG")
     os.replace(tmp, path)
     return path
-
-
-def segmentation_panels(
-    images: ArrayLike,
-    truths: ArrayLike,
-    predictions: ArrayLike,
-    uncertainty: ArrayLike,
-    path: PathLike,
-    titles: Sequence[str] | None = None,
-) -> Path:
-    """Rows of [X-ray | ground truth | prediction | pixel-wise uncertainty + colorbar].
-
-    Args:
-        images: X-rays ``(N, 1, H, W)`` in [-1, 1] (the model's data space).
-        truths: ground-truth masks ``(N, 1, H, W)`` in [-1, 1] (-1 background, 1 lesion).
-        predictions: ``(N, 1, H, W)`` in [0, 1]: a probability (e.g. the mean of the
-            ensemble's thresholded samples) or a hard {0, 1} mask. Samples in [-1, 1] must
-            be mapped first, ``(x + 1) / 2``.
-        uncertainty: ``(N, 1, H, W)`` in [0, 0.25]: the pixel-wise variance ``p (1 - p)``
-            of Bernoulli samples (see :func:`scoregen.ensemble.uncertainty`); drawn with
-            the ``magma`` colormap on the fixed range [0, 0.25] so rows compare.
-        path: the PNG, ``100 (SEG_PANEL * 4 + 0.6)`` x ``100 (SEG_PANEL * N + 0.3)`` pixels.
-        titles: optional per-row labels (e.g. an image id and its Dice).
-    """
-    arrays = {"images": images, "truths": truths, "predictions": predictions,
-              "uncertainty": uncertainty}
-    arrs = {k: _images(v, k) for k, v in arrays.items()}
-    shape = arrs["images"].shape
-    if shape[0] == 0 or shape[1] != 1:
-        raise ValueError(f"images must have shape (N >= 1, 1, H, W), got {shape}")
-    for k, a in arrs.items():
-        if a.shape != shape:
-            raise ValueError(f"{k} must have the shape of images {shape}, got {a.shape}")
-    tol = 1e-6
-    ranges = {"images": (-1, 1), "truths": (-1, 1), "predictions": (0, 1),
-              "uncertainty": (0, 0.25)}
-    hints = {"predictions": "; map samples in [-1, 1] with (x + 1) / 2",
-             "uncertainty": "; pass the variance p (1 - p) of Bernoulli samples"}
-    for k, (lo, hi) in ranges.items():
-        a = arrs[k]
-        if a.min() < lo - tol or a.max() > hi + tol:
-            raise ValueError(f"{k} must lie in [{lo}, {hi}], got values in "
-                             f"[{a.min():.4g}, {a.max():.4g}]{hints.get(k, '')}")
-    n = shape[0]
-    if titles is not None and len(titles) != n:
-        raise ValueError(f"titles must have one entry per image ({n}), got {len(titles)}")
-    path = _png_path(path)
-    fig = _figure(SEG_PANEL * 4 + 0.6, SEG_PANEL * n + 0.3)
-    axes = fig.subplots(n, 4, squeeze=False)
-    heads = ("X-ray", "ground truth", "prediction", "uncertainty (variance)")
-    specs = (("images", "gray", -1, 1), ("truths", "gray", -1, 1),
-             ("predictions", "gray", 0, 1), ("uncertainty", "magma", 0, 0.25))
-    for r in range(n):
-        for q, (key, cmap, vmin, vmax) in enumerate(specs):
-            ax = axes[r, q]
-            im = ax.imshow(arrs[key][r, 0], cmap=cmap, vmin=vmin, vmax=vmax,
-                           interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(heads[q], fontsize=9)
-            if q == 3:
-                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
-        if titles is not None:
-            axes[r, 0].set_ylabel(str(titles[r]), fontsize=8)
-    return _save(fig, path)

@@ -14,7 +14,7 @@ from conftest import shared_data
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from scoregen.data import (
+from scoregen.segmentation import (
     CovidQUDataset,
     PhantomDataset,
     RandomAffine,

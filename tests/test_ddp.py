@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from scoregen.checkpoint import latest_checkpoint, load_checkpoint
+from scoregen.train.checkpoint import latest_checkpoint, load_checkpoint
 
 SCRIPTS = Path(__file__).parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))

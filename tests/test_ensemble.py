@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scoregen import ensemble
-from scoregen.ensemble import fuse, staple, to_unit_interval, uncertainty
-from scoregen.metrics.segmentation import confusion_matrix
+from scoregen.segmentation import ensemble
+from scoregen.segmentation.ensemble import fuse, staple, to_unit_interval, uncertainty
+from scoregen.segmentation.metrics import confusion_matrix
 
 # K = 3 samples of one image with 4 pixels (K, B, N).
 SAMPLES = torch.tensor(

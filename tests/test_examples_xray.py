@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from scoregen.data import write_phantom_folder
+from scoregen.segmentation import write_phantom_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 

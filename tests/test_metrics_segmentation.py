@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from scoregen.metrics.segmentation import (
+from scoregen.segmentation.metrics import (
     METRIC_NAMES,
     ROW_NAMES,
     SEED_RESULTS,

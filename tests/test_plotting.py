@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from scoregen import plotting
-from scoregen.plotting import ACC_PANEL, DPI, PANEL, SEG_PANEL
+from scoregen.plotting import ACC_PANEL, DPI, PANEL
+from scoregen.segmentation.panels import SEG_PANEL, segmentation_panels
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -90,11 +91,11 @@ def test_plot_curves_grouped_and_default_panels(tmp_path):
 
 def test_segmentation_panels(tmp_path):
     images, truths, pred, var = _seg_inputs(n=3)
-    path = plotting.segmentation_panels(images, truths, pred, var, tmp_path / "seg.png",
+    path = segmentation_panels(images, truths, pred, var, tmp_path / "seg.png",
                                         titles=["a", "b", "c"])
     assert _png_size(path) == (_px(SEG_PANEL * 4 + 0.6), _px(SEG_PANEL * 3 + 0.3))
     hard = (pred > 0.5).float()  # a {0, 1} prediction is fine too
-    path = plotting.segmentation_panels(images[:1], truths[:1], hard[:1], var[:1],
+    path = segmentation_panels(images[:1], truths[:1], hard[:1], var[:1],
                                         tmp_path / "one.png")
     assert _png_size(path) == (_px(SEG_PANEL * 4 + 0.6), _px(SEG_PANEL + 0.3))
 
@@ -139,13 +140,13 @@ def test_bad_shapes_and_values_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="NFE must be positive"):
         plotting.plot_sampler_accuracy({"ring": {"ddim": ([0], [0.1])}}, {"ring": 0.1}, out)
     with pytest.raises(ValueError, match=r"shape \(N >= 1, 1, H, W\)"):
-        plotting.segmentation_panels(images.repeat(1, 3, 1, 1), truths, pred, var, out)
+        segmentation_panels(images.repeat(1, 3, 1, 1), truths, pred, var, out)
     with pytest.raises(ValueError, match="truths must have the shape of images"):
-        plotting.segmentation_panels(images, truths[:, :, :8], pred, var, out)
+        segmentation_panels(images, truths[:, :, :8], pred, var, out)
     with pytest.raises(ValueError, match=r"predictions must lie in \[0, 1\].*\(x \+ 1\) / 2"):
-        plotting.segmentation_panels(images, truths, pred * 2 - 1, var, out)
+        segmentation_panels(images, truths, pred * 2 - 1, var, out)
     with pytest.raises(ValueError, match=r"uncertainty must lie in \[0, 0.25\]"):
-        plotting.segmentation_panels(images, truths, pred, var + 0.5, out)
+        segmentation_panels(images, truths, pred, var + 0.5, out)
     with pytest.raises(ValueError, match="one entry per image"):
-        plotting.segmentation_panels(images, truths, pred, var, out, titles=["only one"])
+        segmentation_panels(images, truths, pred, var, out, titles=["only one"])
     assert not out.exists()

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from scoregen.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
-from scoregen.ema import EMA, ema_decay_at
 from scoregen.model import ScoreModel
 from scoregen.sde import VPSDE
 from scoregen.train import NonFiniteLossError, TrainConfig, Trainer, default_batch_fn
+from scoregen.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from scoregen.train.ema import EMA, ema_decay_at
 
 SCRIPTS = Path(__file__).parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
@@ -123,7 +123,7 @@ def test_tiny_model_overfits_tiny_set(tmp_path):
 def test_step_follows_adamw_and_lr_schedule(tmp_path):
     """One Trainer.step equals dsm_loss + AdamW by hand, with the warm-up lr."""
     from scoregen.losses import dsm_loss, sample_times
-    from scoregen.train import _seed
+    from scoregen.train.trainer import _seed
 
     tr = make_trainer(tmp_path, lr=0.1, warmup_steps=10, grad_clip=None, ema_decay=0.5)
     ref = ScoreModel(type(tr.model.net)(width=16), VPSDE(), "eps")
@@ -304,7 +304,7 @@ def test_train_seconds_add_up_across_resume(tmp_path, monkeypatch):
     """Wall time inside fit() is saved with the checkpoint and continues after resume,
     so a report of a killed-and-resumed run states the whole training time."""
     clock = iter(float(i) for i in range(10_000))  # each perf_counter call: +1 s
-    monkeypatch.setattr("scoregen.train.time.perf_counter", lambda: next(clock))
+    monkeypatch.setattr("scoregen.train.trainer.time.perf_counter", lambda: next(clock))
     tr = make_trainer(tmp_path)
     first = tr.fit(make_points(), steps=2)["train_seconds"]
     assert first > 0 and tr.train_seconds == first

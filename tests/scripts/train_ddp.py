@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 from train_helpers import make_pairs, make_trainer, weights
 
-from scoregen.distributed import cleanup_distributed
+from scoregen.train.distributed import cleanup_distributed
 
 CONFIG = dict(cond_dim=2, p_uncond=0.3, checkpoint_every=3, lr=1e-2, batch_size=8)
 

@@ -16,7 +16,7 @@ import time
 import torch
 from train_helpers import make_points, make_trainer
 
-import scoregen.checkpoint as ckpt
+import scoregen.train.checkpoint as ckpt
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ Shapes are rendered at 2x the resolution and area-averaged, so masks are
 so a phantom written to PNG reads back identically. Case ``i`` depends only on
 ``(seed, i)``: the first ``m`` cases of a set of ``n > m`` equal a set of ``m``.
 
-Scaling as in :class:`~scoregen.data.covid_qu.CovidQUDataset`: images in
+Scaling as in :class:`~scoregen.segmentation.covid_qu.CovidQUDataset`: images in
 [-1, 1], masks in {-1, +1}.
 """
 
@@ -35,8 +35,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from scoregen.data.augment import RandomAffine
-from scoregen.data.dataset import SegmentationDataset
+from scoregen.segmentation.augment import RandomAffine
+from scoregen.segmentation.dataset import SegmentationDataset
 
 _SUPERSAMPLE = 2
 _CHUNK = 64

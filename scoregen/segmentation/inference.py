@@ -2,10 +2,10 @@
 
 A conditional model generates the mask ``x_0`` (in [-1, 1]) given the image ``cond``.
 :func:`segment` draws ``K`` masks per image with any sampler (``K`` noise draws: an
-ensemble), maps them to [0, 1] and fuses them (:mod:`scoregen.ensemble`);
+ensemble), maps them to [0, 1] and fuses them (:mod:`scoregen.segmentation.ensemble`);
 :func:`evaluate_segmentation` scores the fused masks with the seed's protocol: ONE pixel
 confusion matrix over all evaluated images ("micro"), threshold 0.5, plus per-image
-mean Dice (:mod:`scoregen.metrics.segmentation`), optionally per subgroup of images
+mean Dice (:mod:`scoregen.segmentation.metrics`), optionally per subgroup of images
 (e.g. COVID-19 only for infection masks, see ``shared/reference/seed-notes.md``).
 """
 
@@ -20,10 +20,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from scoregen.ensemble import FUSION_METHODS, fuse, to_unit_interval, uncertainty
-from scoregen.metrics.segmentation import segmentation_metrics
 from scoregen.model import ScoreModel
 from scoregen.samplers import SAMPLERS, sample
+from scoregen.segmentation.ensemble import FUSION_METHODS, fuse, to_unit_interval, uncertainty
+from scoregen.segmentation.metrics import segmentation_metrics
 
 __all__ = ["SegmentationOutput", "segment", "evaluate_segmentation", "predict_masks",
            "random_subset", "class_groups"]

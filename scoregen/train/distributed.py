@@ -105,7 +105,7 @@ def all_gather_tensors(t: Tensor) -> list[Tensor]:
 
 def gather_rng_states(local: Mapping[str, Tensor]) -> dict[int, dict[str, Tensor]]:
     """``{rank: that rank's states}`` on every rank, from each rank's ``local`` dict
-    (``scoregen.checkpoint.capture_rng()``; same keys and shapes on all ranks)."""
+    (``scoregen.train.checkpoint.capture_rng()``; same keys and shapes on all ranks)."""
     if not is_distributed():
         return {0: dict(local)}
     out: dict[int, dict[str, Tensor]] = {r: {} for r in range(get_world_size())}

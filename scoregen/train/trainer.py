@@ -17,7 +17,7 @@ One optimisation step (:meth:`Trainer.step`) on a local batch ``x0: (B, *D)``:
 6. AdamW update, then the EMA update (:class:`scoregen.EMA`).
 
 :meth:`Trainer.fit` feeds batches, logs (tqdm bar, ``metrics.jsonl``, ``loss.png``),
-calls per-epoch hooks and writes atomic checkpoints (:mod:`scoregen.checkpoint`);
+calls per-epoch hooks and writes atomic checkpoints (:mod:`scoregen.train.checkpoint`);
 :meth:`Trainer.resume` continues a run exactly where its last checkpoint left it,
 including the position inside the epoch.
 """
@@ -45,12 +45,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 from tqdm.auto import tqdm
 
-from scoregen import checkpoint as ckpt
-from scoregen import distributed as dist_utils
 from scoregen.broadcast import append_dims
-from scoregen.ema import EMA
 from scoregen.losses import WEIGHTINGS, dsm_loss, sample_times
 from scoregen.model import ScoreModel
+from scoregen.train import checkpoint as ckpt
+from scoregen.train import distributed as dist_utils
+from scoregen.train.ema import EMA
 
 __all__ = ["TrainConfig", "Trainer", "NonFiniteLossError", "default_batch_fn"]
 
@@ -183,7 +183,7 @@ class Trainer:
         out_dir: where ``checkpoints/``, ``metrics.jsonl`` and ``loss.png`` go.
         model_config: the net's configuration (a dict, a dataclass, or an object with
             ``to_dict()`` such as ``UNetConfig``), saved as JSON so that
-            :func:`scoregen.checkpoint.load_model` can rebuild the net and resuming can
+            :func:`scoregen.train.checkpoint.load_model` can rebuild the net and resuming can
             check it.
         device: where to train; default the model's device. Under torchrun a CUDA device
             gets index ``LOCAL_RANK``.
@@ -474,7 +474,7 @@ class Trainer:
 
         Restores weights, EMA, optimizer, GradScaler, step, data position and this rank's
         RNG states. Returns False when ``path`` is None and there is nothing to resume.
-        Raises :class:`~scoregen.checkpoint.CheckpointMismatchError` naming the fields when
+        Raises :class:`~scoregen.train.checkpoint.CheckpointMismatchError` naming the fields when
         the checkpoint belongs to a model of another config.
         """
         if path is None:

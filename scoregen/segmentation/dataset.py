@@ -1,7 +1,7 @@
 """The in-memory segmentation set shared by the real loader and the phantom.
 
-Both :class:`~scoregen.data.covid_qu.CovidQUDataset` and
-:class:`~scoregen.data.phantom.PhantomDataset` preload every pair as float32
+Both :class:`~scoregen.segmentation.covid_qu.CovidQUDataset` and
+:class:`~scoregen.segmentation.phantom.PhantomDataset` preload every pair as float32
 tensors and expose the same item interface and attributes, so training and
 evaluation code never cares where the pairs came from.
 
@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from scoregen.data.augment import RandomAffine
+from scoregen.segmentation.augment import RandomAffine
 
 
 class SegmentationDataset(Dataset):

@@ -37,9 +37,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from scoregen.ema import EMA
 from scoregen.model import ScoreModel
 from scoregen.sde import SDE
+from scoregen.train.ema import EMA
 
 __all__ = [
     "Checkpoint",

@@ -26,8 +26,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from scoregen.data.augment import RandomAffine
-from scoregen.data.dataset import SegmentationDataset
+from scoregen.segmentation.augment import RandomAffine
+from scoregen.segmentation.dataset import SegmentationDataset
 
 #: Class folders of COVID-QU-Ex, in loading order.
 CLASSES: tuple[str, ...] = ("COVID-19", "Non-COVID", "Normal")
@@ -189,7 +189,7 @@ class CovidQUDataset(SegmentationDataset):
         classes: class folders to read (default all of :data:`CLASSES`); missing
             class folders are skipped.
         augment: ``False``, ``True`` or a :class:`RandomAffine` (no flips, see
-            :mod:`scoregen.data.augment`).
+            :mod:`scoregen.segmentation.augment`).
         seed: augmentation seed; items are deterministic given (seed, epoch, index).
         progress: show a tqdm bar; ``None`` shows it for 1,000 pairs or more.
 

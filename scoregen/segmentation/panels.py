@@ -1,0 +1,84 @@
+"""Figures of the X-ray application: rows of X-ray | truth | prediction | uncertainty.
+
+Built on the Agg-only pieces of :mod:`scoregen.plotting` (no pyplot state); the PNG has
+``100 (SEG_PANEL * 4 + 0.6)`` x ``100 (SEG_PANEL * N + 0.3)`` pixels, ``SEG_PANEL = 2.4``
+inches, ``DPI = 100``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from scoregen.plotting import ArrayLike, PathLike, image_array, new_figure, png_path, save_png
+
+__all__ = ["segmentation_panels", "SEG_PANEL"]
+
+#: Side of one image panel of :func:`segmentation_panels`, in inches.
+SEG_PANEL = 2.4
+
+
+def segmentation_panels(
+    images: ArrayLike,
+    truths: ArrayLike,
+    predictions: ArrayLike,
+    uncertainty: ArrayLike,
+    path: PathLike,
+    titles: Sequence[str] | None = None,
+) -> Path:
+    """Rows of [X-ray | ground truth | prediction | pixel-wise uncertainty + colorbar].
+
+    Args:
+        images: X-rays ``(N, 1, H, W)`` in [-1, 1] (the model's data space).
+        truths: ground-truth masks ``(N, 1, H, W)`` in [-1, 1] (-1 background, 1 lesion).
+        predictions: ``(N, 1, H, W)`` in [0, 1]: a probability (e.g. the mean of the
+            ensemble's thresholded samples) or a hard {0, 1} mask. Samples in [-1, 1] must
+            be mapped first, ``(x + 1) / 2``.
+        uncertainty: ``(N, 1, H, W)`` in [0, 0.25]: the pixel-wise variance ``p (1 - p)``
+            of Bernoulli samples (see :func:`scoregen.segmentation.ensemble.uncertainty`);
+            drawn with the ``magma`` colormap on the fixed range [0, 0.25] so rows compare.
+        path: the PNG, ``100 (SEG_PANEL * 4 + 0.6)`` x ``100 (SEG_PANEL * N + 0.3)`` pixels.
+        titles: optional per-row labels (e.g. an image id and its Dice).
+    """
+    arrays = {"images": images, "truths": truths, "predictions": predictions,
+              "uncertainty": uncertainty}
+    arrs = {k: image_array(v, k) for k, v in arrays.items()}
+    shape = arrs["images"].shape
+    if shape[0] == 0 or shape[1] != 1:
+        raise ValueError(f"images must have shape (N >= 1, 1, H, W), got {shape}")
+    for k, a in arrs.items():
+        if a.shape != shape:
+            raise ValueError(f"{k} must have the shape of images {shape}, got {a.shape}")
+    tol = 1e-6
+    ranges = {"images": (-1, 1), "truths": (-1, 1), "predictions": (0, 1),
+              "uncertainty": (0, 0.25)}
+    hints = {"predictions": "; map samples in [-1, 1] with (x + 1) / 2",
+             "uncertainty": "; pass the variance p (1 - p) of Bernoulli samples"}
+    for k, (lo, hi) in ranges.items():
+        a = arrs[k]
+        if a.min() < lo - tol or a.max() > hi + tol:
+            raise ValueError(f"{k} must lie in [{lo}, {hi}], got values in "
+                             f"[{a.min():.4g}, {a.max():.4g}]{hints.get(k, '')}")
+    n = shape[0]
+    if titles is not None and len(titles) != n:
+        raise ValueError(f"titles must have one entry per image ({n}), got {len(titles)}")
+    path = png_path(path)
+    fig = new_figure(SEG_PANEL * 4 + 0.6, SEG_PANEL * n + 0.3)
+    axes = fig.subplots(n, 4, squeeze=False)
+    heads = ("X-ray", "ground truth", "prediction", "uncertainty (variance)")
+    specs = (("images", "gray", -1, 1), ("truths", "gray", -1, 1),
+             ("predictions", "gray", 0, 1), ("uncertainty", "magma", 0, 0.25))
+    for r in range(n):
+        for q, (key, cmap, vmin, vmax) in enumerate(specs):
+            ax = axes[r, q]
+            im = ax.imshow(arrs[key][r, 0], cmap=cmap, vmin=vmin, vmax=vmax,
+                           interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(heads[q], fontsize=9)
+            if q == 3:
+                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+        if titles is not None:
+            axes[r, 0].set_ylabel(str(titles[r]), fontsize=8)
+    return save_png(fig, path)
