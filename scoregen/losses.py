@@ -18,11 +18,19 @@ Weightings ``lambda``:
 
 Times: continuous ``t ~ U[t_eps, T]``, or, for a discretised schedule
 (``VPSDE.ddpm``), DDPM's ``t = i / N`` with ``i ~ U{1..N}``.
+
+The random part of one training batch — ``t``, ``eps`` and the classifier-free-guidance
+condition dropout — is drawn in one place, :func:`draw_training_batch`, in a fixed order
+(t, then eps, then the dropout mask) from one generator. :func:`dsm_loss` draws what it
+is not given through it; the trainer draws a whole global batch through it and keeps
+each process's rows (:meth:`TrainingDraw.shard`), then hands ``t`` and ``eps`` to
+:func:`dsm_loss`. The dropout is applied by :func:`drop_condition` in both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -30,7 +38,8 @@ from torch import Tensor
 from scoregen.broadcast import append_dims
 from scoregen.model import ScoreModel
 
-__all__ = ["dsm_loss", "sample_times", "WEIGHTINGS"]
+__all__ = ["dsm_loss", "sample_times", "draw_training_batch", "drop_condition", "TrainingDraw",
+           "WEIGHTINGS"]
 
 WEIGHTINGS = ("simple", "sigma2")
 Weighting = str | Callable[[Tensor, Tensor], Tensor]
@@ -63,6 +72,80 @@ def sample_times(
     return sde.t_eps + u * (sde.T - sde.t_eps)
 
 
+@dataclass(frozen=True)
+class TrainingDraw:
+    """The random part of one DSM batch of ``B`` samples.
+
+    Attributes:
+        t: times (B,) in [0, T], float32.
+        noise: ``eps`` (B, *D) ~ N(0, I).
+        keep: (B,) bool, True where the condition is kept (False: replaced by zeros, the
+            unconditional input of classifier-free guidance); None when nothing is dropped.
+    """
+
+    t: Tensor
+    noise: Tensor
+    keep: Tensor | None = None
+
+    def shard(self, rank: int, world_size: int) -> TrainingDraw:
+        """The rows ``[rank::world_size]`` (the rows ``DistributedSampler`` gives a rank),
+        so that a global batch drawn once is split identically for any number of ranks."""
+        rows = slice(rank, None, world_size)
+        keep = None if self.keep is None else self.keep[rows]
+        return TrainingDraw(self.t[rows], self.noise[rows], keep)
+
+
+def drop_condition(cond: Tensor | None, keep: Tensor | None) -> Tensor | None:
+    """Condition dropout for classifier-free guidance (Ho & Salimans 2022): ``cond`` with
+    the rows where ``keep`` (B,) is False replaced by zeros. ``keep=None``: unchanged."""
+    if cond is None or keep is None:
+        return cond
+    if keep.shape != (cond.shape[0],):
+        raise ValueError(f"keep must have shape ({cond.shape[0]},), got {tuple(keep.shape)}")
+    return cond * append_dims(keep.to(cond.dtype), cond.ndim)
+
+
+def draw_training_batch(
+    model: ScoreModel,
+    shape: Sequence[int],
+    *,
+    t: Tensor | None = None,
+    noise: Tensor | None = None,
+    p_uncond: float = 0.0,
+    discrete: bool | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> TrainingDraw:
+    """Draw ``t``, ``eps`` and the condition-dropout mask of a batch of ``shape = (B, *D)``.
+
+    Draws, in this order and from ``generator``, what is not given: ``t`` by
+    :func:`sample_times` (``discrete`` as there), ``noise`` ~ N(0, I) of ``shape`` in
+    ``dtype``, and, when ``p_uncond > 0``, ``keep = U[0, 1) >= p_uncond``. A given ``t``
+    (B,) or ``noise`` (B, *D) is checked and returned as is.
+    """
+    shape = tuple(int(n) for n in shape)
+    if len(shape) < 2:
+        raise ValueError(f"shape must be (B, *D) with at least one data dimension, got {shape}")
+    if not 0.0 <= p_uncond <= 1.0:
+        raise ValueError(f"p_uncond must be in [0, 1], got {p_uncond}")
+    batch = shape[0]
+    if t is None:
+        t = sample_times(model, batch, discrete=discrete, generator=generator, device=device)
+    else:
+        model.sde.check_times(t)
+        if t.shape != (batch,):
+            raise ValueError(f"t must have shape ({batch},), got {tuple(t.shape)}")
+    if noise is None:
+        noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    elif tuple(noise.shape) != shape:
+        raise ValueError(f"noise must have the shape of x0 {shape}, got {tuple(noise.shape)}")
+    keep = None
+    if p_uncond > 0:
+        keep = torch.rand(batch, generator=generator, device=device) >= p_uncond
+    return TrainingDraw(t, noise, keep)
+
+
 def dsm_loss(
     model: ScoreModel,
     x0: Tensor,
@@ -81,7 +164,8 @@ def dsm_loss(
     Args:
         cond: condition passed to the net unchanged, (B, ...) or None.
         t: times (B,) in [0, T]; drawn by :func:`sample_times` when None.
-        noise: ``eps`` (B, *D); drawn from N(0, I) when None.
+        noise: ``eps`` (B, *D); drawn from N(0, I) when None. Whatever is not given is
+            drawn by :func:`draw_training_batch` (t, eps, dropout mask, in that order).
         weighting: ``"simple"``, ``"sigma2"`` or a callable ``(alpha, sigma) -> (B,)``;
             default ``"sigma2"`` for score-parametrised nets, ``"simple"`` otherwise.
         discrete: DDPM-style integer times; default: when the SDE is discretised.
@@ -100,23 +184,12 @@ def dsm_loss(
         raise ValueError(f"p_uncond must be in [0, 1], got {p_uncond}")
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-    batch = x0.shape[0]
     model.check_cond(x0, cond)
-    if t is None:
-        t = sample_times(model, batch, discrete=discrete, generator=generator, device=x0.device)
-    else:
-        model.sde.check_times(t)
-        if t.shape != (batch,):
-            raise ValueError(f"t must have shape ({batch},), got {tuple(t.shape)}")
-    if noise is None:
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    elif noise.shape != x0.shape:
-        raise ValueError(
-            f"noise must have the shape of x0 {tuple(x0.shape)}, got {tuple(noise.shape)}"
-        )
-    if cond is not None and p_uncond > 0:
-        keep = torch.rand(batch, generator=generator, device=x0.device) >= p_uncond
-        cond = cond * append_dims(keep.to(cond.dtype), cond.ndim)
+    draw = draw_training_batch(
+        model, x0.shape, t=t, noise=noise, p_uncond=p_uncond if cond is not None else 0.0,
+        discrete=discrete, generator=generator, device=x0.device, dtype=x0.dtype,
+    )
+    t, noise, cond = draw.t, draw.noise, drop_condition(cond, draw.keep)
 
     alpha, sigma = model.coeffs(t, x0)
     x_t = alpha * x0 + sigma * noise

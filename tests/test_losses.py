@@ -126,6 +126,66 @@ def test_condition_dropout_zeroes_a_fraction_of_the_conditions():
     assert abs(dropped.double().mean().item() - 0.25) < 0.03
 
 
+def _recording_model():
+    seen = []
+
+    def net(x, t, cond):
+        seen.append((x.clone(), t.clone(), None if cond is None else cond.clone()))
+        return torch.zeros_like(x)
+
+    return sg.ScoreModel(net, sg.VPSDE.ddpm()), seen
+
+
+def test_dsm_loss_draws_through_draw_training_batch():
+    """dsm_loss's own draws are exactly draw_training_batch's (t, eps, dropout, in order)."""
+    from scoregen.losses import draw_training_batch, drop_condition
+
+    model, seen = _recording_model()
+    x0, cond = torch.randn(64, 2), torch.ones(64, 3)
+    sg.dsm_loss(model, x0, cond, p_uncond=0.5, generator=torch.Generator().manual_seed(7))
+    d = draw_training_batch(model, x0.shape, p_uncond=0.5,
+                            generator=torch.Generator().manual_seed(7))
+    x_t, t, c = seen[0]
+    alpha, sigma = model.coeffs(d.t, x0)
+    torch.testing.assert_close(t, d.t)
+    torch.testing.assert_close(x_t, alpha * x0 + sigma * d.noise)
+    torch.testing.assert_close(c, drop_condition(cond, d.keep))
+    assert 0 < int((~d.keep).sum()) < 64  # some dropped, some kept
+    # given t: only eps (then the mask) is drawn, so eps is the generator's first draw
+    g = torch.Generator().manual_seed(3)
+    given = draw_training_batch(model, x0.shape, t=d.t, generator=g)
+    torch.testing.assert_close(given.noise, torch.randn(x0.shape,
+                                                        generator=torch.Generator().manual_seed(3)))
+    assert given.keep is None
+
+
+def test_a_sharded_global_draw_is_the_ranks_rows():
+    from scoregen.losses import draw_training_batch
+
+    model, _ = _recording_model()
+    d = draw_training_batch(model, (6, 2), p_uncond=0.3, generator=torch.Generator().manual_seed(1))
+    parts = [d.shard(r, 3) for r in range(3)]
+    torch.testing.assert_close(parts[1].t, d.t[[1, 4]])
+    torch.testing.assert_close(parts[2].noise, d.noise[[2, 5]])
+    assert torch.equal(parts[0].keep, d.keep[[0, 3]])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"shape": (4,)}, "at least one data dimension"), ({"p_uncond": -0.1}, "p_uncond"),
+     ({"t": torch.full((3,), 0.5)}, r"t must have shape \(4,\)"),
+     ({"noise": torch.zeros(4, 3)}, "noise must have the shape")],
+    ids=["no-data-dim", "p_uncond", "t-shape", "noise-shape"],
+)
+def test_draw_training_batch_rejects_bad_input(kwargs, match):
+    from scoregen.losses import draw_training_batch
+
+    model, _ = _recording_model()
+    kwargs = {"shape": (4, 2), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        draw_training_batch(model, kwargs.pop("shape"), **kwargs)
+
+
 def test_per_sample_reduction_and_generator_reproducibility():
     model = TARGET.model(sg.VPSDE())
     x0 = TARGET.sample(8, torch.Generator().manual_seed(0))
