@@ -248,14 +248,13 @@ def _runner(case: Case, setup: Setup, device: torch.device) -> Iterator[Callable
     sde = sg.VPSDE.ddpm(**SDE_ARGS)
     x, cond = _inputs(setup, device, channels_last)
     if case.task == "train":
-        config = sg.TrainConfig(
-            batch_size=setup.batch, precision=case.precision, compile=compile_net,
-            channels_last=channels_last, checkpoint_every=0, log_every=2**31 - 1,
-            progress=False, seed=setup.seed,
-        )
+        config = sg.TrainConfig(batch_size=setup.batch, precision=case.precision,
+                                seed=setup.seed)
+        host = sg.HostOptions(compile=compile_net, channels_last=channels_last,
+                              checkpoint_every=0, log_every=2**31 - 1, progress=False)
         with tempfile.TemporaryDirectory(prefix="scoregen-throughput-") as out_dir:
             trainer = sg.Trainer(sg.ScoreModel(net, sde, PREDICTION), config, out_dir,
-                                 device=device)
+                                 host=host, device=device)
             yield lambda: trainer.step(x, cond)
         return
     net = net.to(device).eval()

@@ -13,10 +13,10 @@ sampling with 50 DDIM steps, metrics at threshold 0.5 on the validation split.
 
 Without ``--data-root`` the data is a synthetic chest X-ray phantom generated on the
 fly (deterministic by seed), and the output says so. Writes to ``--out``: checkpoints,
-``metrics.jsonl`` and ``loss.png`` (the trainer's), ``epochs.json``/``epochs.csv``
-(validation metrics per epoch), ``results.json``/``results.md`` (the final table),
-``figures/examples.png`` (X-ray | truth | prediction | uncertainty) and
-``figures/dice.png``.
+``metrics.jsonl`` (the trainer's), ``loss.png`` (drawn from it here, every epoch),
+``epochs.json``/``epochs.csv`` (validation metrics per epoch), ``results.json``/
+``results.md`` (the final table), ``figures/examples.png`` (X-ray | truth | prediction |
+uncertainty) and ``figures/dice.png``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import torch
 
 import scoregen as sg
 from scoregen import devices
+from scoregen.plotting import plot_curves
 from scoregen.segmentation import (
     SEED_RESULTS,
     CovidQUDataset,
@@ -44,6 +45,7 @@ from scoregen.segmentation import (
     random_subset,
     segment,
 )
+from scoregen.train import loss_curve
 
 #: The seed talk's schedule: DDPM, 1000 steps, beta linear 1e-4 .. 0.02.
 SDE_ARGS = {"num_steps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
@@ -197,7 +199,6 @@ def results_markdown(task: str, columns: dict[str, dict[str, float]], protocol: 
 
 def save_figures(out: Path, model: sg.ScoreModel, ds: SegmentationDataset, idx: torch.Tensor,
                  args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
-    from scoregen.plotting import plot_curves
     from scoregen.segmentation import segmentation_panels
 
     figures = out / "figures"
@@ -219,6 +220,15 @@ def save_figures(out: Path, model: sg.ScoreModel, ds: SegmentationDataset, idx: 
                     panels={"validation Dice per epoch": list(curves)})
 
 
+def plot_loss(trainer: sg.Trainer, path: Path) -> None:
+    """The DSM loss curve of ``trainer``'s ``metrics.jsonl`` (the trainer draws no figures)."""
+    steps, losses = loss_curve(trainer.read_metrics())
+    if steps:
+        name = f"DSM loss (mean of {trainer.host.log_every} steps)"
+        plot_curves({name: (steps, losses)}, path, xlabel="step",
+                    logy=[name] if min(losses) > 0 else [])
+
+
 # ----------------------------------------------------------------------------- train + eval
 def train_and_evaluate(args: argparse.Namespace, out: Path, train_ds: SegmentationDataset,
                        val_ds: SegmentationDataset, data_note: str) -> dict[str, Any] | None:
@@ -237,11 +247,15 @@ def train_and_evaluate(args: argparse.Namespace, out: Path, train_ds: Segmentati
     config = sg.TrainConfig(
         lr=args.lr, warmup_steps=min(args.warmup, total // 10), lr_schedule="cosine",
         min_lr=args.lr * 0.05, max_steps=total, batch_size=args.batch_size,
-        ema_decay=args.ema_decay, precision=precision, compile=args.compile,
-        channels_last=device.type == "cuda", checkpoint_every=steps_per_epoch, keep_last=2,
-        log_every=max(1, steps_per_epoch // 4), seed=args.seed, progress=progress,
+        ema_decay=args.ema_decay, precision=precision, seed=args.seed,
     )
-    trainer = sg.Trainer(model, config, out, model_config=unet_config.to_dict(), device=device)
+    host = sg.HostOptions(
+        compile=args.compile, channels_last=device.type == "cuda",
+        checkpoint_every=steps_per_epoch, keep_last=2, log_every=max(1, steps_per_epoch // 4),
+        progress=progress,
+    )
+    trainer = sg.Trainer(model, config, out, host=host, model_config=unet_config.to_dict(),
+                         device=device)
     if args.resume and trainer.resume():
         print(f"resumed from step {trainer.global_step} (epoch {trainer.epoch})")
     train_ds.set_epoch(trainer.epoch)
@@ -250,6 +264,8 @@ def train_and_evaluate(args: argparse.Namespace, out: Path, train_ds: Segmentati
 
     def on_epoch_end(tr: sg.Trainer, epoch: int) -> dict[str, Any] | None:
         train_ds.set_epoch(epoch + 1)
+        if tr.is_main:
+            plot_loss(tr, out / "loss.png")  # the curve so far, redrawn every epoch
         last = tr.global_step >= total
         if (epoch + 1) % args.eval_every and not last:
             return None
@@ -270,7 +286,7 @@ def train_and_evaluate(args: argparse.Namespace, out: Path, train_ds: Segmentati
                 on_epoch_end=on_epoch_end)
     if not trainer.is_main:  # under torchrun, rank 0 evaluates and writes the results
         return None
-    trainer.plot_losses()
+    plot_loss(trainer, out / "loss.png")
     rows = [r["epoch_eval"] for r in trainer.read_metrics() if "epoch_eval" in r]
     write_epoch_table(out, rows)
 

@@ -22,8 +22,9 @@ import torch
 
 import scoregen as sg
 from scoregen import devices
-from scoregen.plotting import image_grid
+from scoregen.plotting import image_grid, plot_curves
 from scoregen.segmentation import CovidQUDataset, PhantomDataset
+from scoregen.train import loss_curve
 
 SDE_ARGS = {"num_steps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
 
@@ -53,6 +54,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def plot_loss(trainer: sg.Trainer, path: Path) -> None:
+    """The DSM loss curve of ``trainer``'s ``metrics.jsonl`` (the trainer draws no figures)."""
+    steps, losses = loss_curve(trainer.read_metrics())
+    if steps:
+        name = f"DSM loss (mean of {trainer.host.log_every} steps)"
+        plot_curves({name: (steps, losses)}, path, xlabel="step",
+                    logy=[name] if min(losses) > 0 else [])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -76,17 +86,17 @@ def main(argv: list[str] | None = None) -> int:
     train_config = sg.TrainConfig(
         lr=args.lr, warmup_steps=min(100, total // 10), lr_schedule="cosine",
         min_lr=args.lr * 0.05, max_steps=total, batch_size=args.batch_size,
-        ema_decay=args.ema_decay, precision=devices.default_precision(device),
-        checkpoint_every=steps_per_epoch, keep_last=2, seed=args.seed, progress=progress,
+        ema_decay=args.ema_decay, precision=devices.default_precision(device), seed=args.seed,
     )
-    trainer = sg.Trainer(model, train_config, args.out, model_config=config.to_dict(),
-                         device=device)
+    host = sg.HostOptions(checkpoint_every=steps_per_epoch, keep_last=2, progress=progress)
+    trainer = sg.Trainer(model, train_config, args.out, host=host,
+                         model_config=config.to_dict(), device=device)
     if args.resume and trainer.resume():
         print(f"resumed at step {trainer.global_step}")
     t0 = time.perf_counter()
     trainer.fit(data, steps=total, batch_fn=lambda b: (b["image"], None))
     print(f"trained {trainer.global_step} steps in {time.perf_counter() - t0:.0f} s")
-    trainer.plot_losses()
+    plot_loss(trainer, Path(args.out) / "loss.png")
 
     generated = sg.sample(trainer.ema_model.eval(), (args.samples, 1, args.size, args.size),
                           args.sampler, steps=args.sampling_steps, progress=progress,

@@ -141,7 +141,8 @@ def test_wrong_cond_is_refused_under_guidance(case: str):
 def test_wrong_cond_is_refused_by_the_trainer_before_any_update(tmp_path):
     net = make_unet("add")
     model = sg.ScoreModel(net, sg.VPSDE())
-    trainer = sg.Trainer(model, sg.TrainConfig(checkpoint_every=0, progress=False), tmp_path)
+    trainer = sg.Trainer(model, sg.TrainConfig(), tmp_path,
+                         host=sg.HostOptions(checkpoint_every=0, progress=False))
     before = [p.detach().clone() for p in model.parameters()]
     x0, _ = inputs()
     with pytest.raises(ValueError, match=r"2 channels but cond_channels=1"):
@@ -217,8 +218,9 @@ def dropped_rows(tmp_path, p_uncond: float, seed: int = 0, batch: int = 64) -> T
     spy = Spy(sg.UNet(config))
     trainer = sg.Trainer(
         sg.ScoreModel(spy, sg.VPSDE()),
-        sg.TrainConfig(p_uncond=p_uncond, seed=seed, checkpoint_every=0, progress=False),
+        sg.TrainConfig(p_uncond=p_uncond, seed=seed),
         tmp_path / f"p{p_uncond}-s{seed}",
+        host=sg.HostOptions(checkpoint_every=0, progress=False),
     )
     x0 = torch.randn(batch, 1, 8, 8)
     cond = torch.rand(batch, 1, 8, 8) + 0.5  # never zero

@@ -15,7 +15,13 @@ import torch
 
 from scoregen.model import ScoreModel
 from scoregen.sde import VPSDE
-from scoregen.train import NonFiniteLossError, TrainConfig, Trainer, default_batch_fn
+from scoregen.train import (
+    HostOptions,
+    NonFiniteLossError,
+    TrainConfig,
+    Trainer,
+    default_batch_fn,
+)
 from scoregen.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from scoregen.train.ema import EMA, ema_decay_at
 
@@ -55,6 +61,27 @@ def test_config_validates_and_round_trips():
         TrainConfig.from_dict({"lrr": 1.0})
     with pytest.raises(dataclass_frozen_error()):
         cfg.lr = 1.0  # type: ignore[misc]
+
+
+def test_host_options_validate_round_trip_and_are_not_train_config_fields():
+    host = HostOptions(progress=False, num_workers=2, keep_last=5)
+    assert HostOptions.from_dict(json.loads(json.dumps(host.to_dict()))) == host
+    assert not set(HostOptions().to_dict()) & set(TrainConfig().to_dict())
+    with pytest.raises(ValueError, match="HostOptions.keep_last must be a positive int"):
+        HostOptions(keep_last=0)
+    with pytest.raises(ValueError, match="HostOptions.progress must be a bool"):
+        HostOptions(progress="yes")
+    with pytest.raises(TypeError, match="progress"):
+        TrainConfig(progress=False)  # type: ignore[call-arg]
+
+
+def test_a_config_saved_before_the_split_is_read_by_both_halves():
+    """Checkpoints written before the split hold one dict with both groups."""
+    legacy = {**TrainConfig(lr=1e-3).to_dict(), **HostOptions(num_workers=3).to_dict()}
+    assert TrainConfig.from_dict(legacy) == TrainConfig(lr=1e-3)
+    assert HostOptions.from_dict(legacy) == HostOptions(num_workers=3)
+    with pytest.raises(ValueError, match=r"unknown HostOptions fields \['lrr'\]"):
+        HostOptions.from_dict({**legacy, "lrr": 1})
 
 
 def dataclass_frozen_error() -> type[Exception]:
@@ -123,7 +150,7 @@ def test_tiny_model_overfits_tiny_set(tmp_path):
 def test_step_follows_adamw_and_lr_schedule(tmp_path):
     """One Trainer.step equals dsm_loss + AdamW by hand, with the warm-up lr."""
     from scoregen.losses import dsm_loss, sample_times
-    from scoregen.train.trainer import _seed
+    from scoregen.train.batches import stable_seed
 
     tr = make_trainer(tmp_path, lr=0.1, warmup_steps=10, grad_clip=None, ema_decay=0.5)
     ref = ScoreModel(type(tr.model.net)(width=16), VPSDE(), "eps")
@@ -131,7 +158,7 @@ def test_step_follows_adamw_and_lr_schedule(tmp_path):
     opt = torch.optim.AdamW(ref.parameters(), lr=0.01, weight_decay=0.0)
     x0 = make_points(8)
     loss = tr.step(x0)
-    g = torch.Generator().manual_seed(_seed(0, "step", 0))
+    g = torch.Generator().manual_seed(stable_seed(0, "step", 0))
     t = sample_times(ref, 8, generator=g)
     noise = torch.randn(x0.shape, generator=g)
     ref_loss = dsm_loss(ref, x0, t=t, noise=noise)
@@ -140,6 +167,24 @@ def test_step_follows_adamw_and_lr_schedule(tmp_path):
     assert loss == pytest.approx(ref_loss.item(), rel=1e-6)
     for (name, p), q in zip(tr.model.named_parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(p, q, msg=name)
+
+
+def test_conditional_step_uses_the_shared_draw_and_dropout(tmp_path):
+    """Trainer.step with guidance dropout = draw_training_batch + drop_condition + dsm_loss."""
+    from scoregen.losses import draw_training_batch, drop_condition, dsm_loss
+    from scoregen.train.batches import stable_seed
+
+    tr = make_trainer(tmp_path, cond_dim=2, p_uncond=0.5, seed=4)
+    ref = ScoreModel(type(tr.model.net)(width=16, cond_dim=2), VPSDE(), "eps")
+    ref.load_state_dict(tr.model.state_dict())
+    pairs = make_pairs(8)
+    x0, cond = pairs.tensors
+    loss = tr.step(x0, cond)
+    d = draw_training_batch(ref, x0.shape, p_uncond=0.5,
+                            generator=torch.Generator().manual_seed(stable_seed(4, "step", 0)))
+    assert 0 < int(d.keep.sum()) < 8
+    ref_loss = dsm_loss(ref, x0, drop_condition(cond, d.keep), t=d.t, noise=d.noise)
+    assert loss == pytest.approx(ref_loss.item(), rel=1e-6)
 
 
 # ---------------------------------------------------------------------------- EMA
@@ -327,12 +372,53 @@ def test_resume_with_changed_train_config_warns(tmp_path):
     assert other.optimizer.param_groups[0]["lr"] == 0.5
 
 
+def test_resume_with_changed_host_options_is_silent(tmp_path):
+    """Host options cannot change the weights: never compared, never warned about."""
+    import warnings
+
+    tr = make_trainer(tmp_path, log_every=1, keep_last=100, checkpoint_every=1)
+    tr.fit(make_points(), steps=2)
+    other = make_trainer(tmp_path, log_every=3, keep_last=4, checkpoint_every=5,
+                         num_workers=1, max_nonfinite=2, progress=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert other.resume()
+    ck = load_checkpoint(latest_checkpoint(tmp_path / "checkpoints"))
+    assert ck.host_options == tr.host.to_dict()  # kept for the record
+    assert ck.train_config == tr.config.to_dict()
+
+
+def test_resume_from_a_checkpoint_saved_before_the_split(tmp_path):
+    """Its train_config also holds the host options; those differ here and are ignored,
+    a changed run field is still reported."""
+    import warnings
+
+    from scoregen.train.checkpoint import save_checkpoint
+
+    tr = make_trainer(tmp_path)
+    legacy = {**tr.config.to_dict(), **HostOptions(progress=True, keep_last=7).to_dict()}
+    path = save_checkpoint(tmp_path / "old.safetensors", tr.model, ema=tr.ema,
+                           optimizer=tr.optimizer, step=0, train_config=legacy,
+                           model_config=tr.model_config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert make_trainer(tmp_path).resume(path)
+    with pytest.warns(UserWarning, match=r"changed TrainConfig \(lr: 0\.01 -> 0\.5\)"):
+        make_trainer(tmp_path, lr=0.5).resume(path)
+
+
 # ---------------------------------------------------------------------------- fit & logging
-def test_fit_epochs_hooks_logs_and_plot(tmp_path):
+def test_fit_epochs_hooks_logs_and_a_plot_drawn_by_the_hook(tmp_path):
+    """The trainer draws no figure (not in save(), not in fit()); a hook can, from the log."""
+    from scoregen.plotting import plot_curves
+    from scoregen.train import loss_curve
+
     seen = []
 
     def on_epoch_end(trainer, epoch):
         seen.append((epoch, trainer.global_step))
+        steps, losses = loss_curve(trainer.read_metrics())
+        plot_curves({"loss": (steps, losses)}, tmp_path / "plots" / f"loss_{epoch}.png")
         return {"val_metric": float(epoch)}
 
     tr = make_trainer(tmp_path, log_every=2, checkpoint_every=4)
@@ -343,7 +429,10 @@ def test_fit_epochs_hooks_logs_and_plot(tmp_path):
     assert [r["step"] for r in recs if "event" not in r] == [2, 4, 6, 8, 10, 12, 14]
     assert [r["val_metric"] for r in recs if r.get("event") == "epoch_end"] == [0.0, 1.0, 2.0]
     assert {"loss", "lr", "grad_norm", "it_per_s", "epoch"} <= set(recs[0])
-    png = (tmp_path / "loss.png").read_bytes()
+    assert loss_curve(recs) == ([2, 4, 6, 8, 10, 12, 14],
+                                [r["loss"] for r in recs if "event" not in r])
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == []  # nothing drawn by the trainer
+    png = (tmp_path / "plots" / "loss_2.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     names = [p.name for p in list_checkpoints(tmp_path / "checkpoints")]
     assert names == ["step_00000004.safetensors", "step_00000008.safetensors",
@@ -385,9 +474,9 @@ def test_keep_last_k(tmp_path):
 def test_bf16_autocast_on_cpu_with_channels_last(tmp_path):
     torch.manual_seed(0)
     model = ScoreModel(TinyConv(), VPSDE(), "eps")
-    cfg = TrainConfig(lr=1e-3, batch_size=4, precision="bf16", channels_last=True,
-                      progress=False, log_every=1, checkpoint_every=0)
-    tr = Trainer(model, cfg, tmp_path)
+    cfg = TrainConfig(lr=1e-3, batch_size=4, precision="bf16")
+    host = HostOptions(channels_last=True, progress=False, log_every=1, checkpoint_every=0)
+    tr = Trainer(model, cfg, tmp_path, host=host)
     assert isinstance(tr.autocast, torch.autocast) and tr.autocast.fast_dtype == torch.bfloat16
     ctx = tr.autocast
     tr.fit(torch.randn(8, 1, 8, 8), steps=3)

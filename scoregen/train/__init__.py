@@ -4,11 +4,17 @@ Imports only the core (:mod:`scoregen.model`, :mod:`scoregen.losses`, :mod:`scor
 and never the application (:mod:`scoregen.segmentation`). Its parts:
 
 * :mod:`~scoregen.train.trainer` — :class:`Trainer`: one step, the ``fit`` loop, resume;
+* :mod:`~scoregen.train.config` — :class:`TrainConfig` (what defines the run, compared on
+  resume) and :class:`HostOptions` (how this host runs it, never compared);
+* :mod:`~scoregen.train.batches` — the batch contract and the resumable data loader;
+* :mod:`~scoregen.train.metrics_log` — ``metrics.jsonl`` and the windowed loss;
 * :mod:`~scoregen.train.checkpoint` — atomic, pickle-free checkpoint files;
+* :mod:`~scoregen.train.checkpoint_dir` — the run's folder of step checkpoints (pruning);
 * :mod:`~scoregen.train.ema` — the exponential moving average of the weights;
 * :mod:`~scoregen.train.distributed` — torchrun / DDP helpers.
 """
 
+from scoregen.train.batches import default_batch_fn
 from scoregen.train.checkpoint import (
     CheckpointError,
     CheckpointMismatchError,
@@ -16,11 +22,14 @@ from scoregen.train.checkpoint import (
     load_model,
     save_checkpoint,
 )
+from scoregen.train.config import HostOptions, TrainConfig
 from scoregen.train.ema import EMA
-from scoregen.train.trainer import NonFiniteLossError, TrainConfig, Trainer, default_batch_fn
+from scoregen.train.metrics_log import loss_curve
+from scoregen.train.trainer import NonFiniteLossError, Trainer
 
 __all__ = [
-    "Trainer", "TrainConfig", "NonFiniteLossError", "default_batch_fn", "EMA",
+    "Trainer", "TrainConfig", "HostOptions", "NonFiniteLossError", "default_batch_fn", "EMA",
+    "loss_curve",
     "save_checkpoint", "load_checkpoint", "load_model", "CheckpointError",
     "CheckpointMismatchError",
 ]

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -39,6 +38,13 @@ from torch import Tensor, nn
 
 from scoregen.model import ScoreModel
 from scoregen.sde import SDE
+from scoregen.train.checkpoint_dir import (  # the file names, re-exported
+    checkpoint_name,
+    latest_checkpoint,
+    list_checkpoints,
+    prune_checkpoints,
+    remove_partial_checkpoints,
+)
 from scoregen.train.ema import EMA
 
 __all__ = [
@@ -62,8 +68,6 @@ __all__ = [
 
 FORMAT = "scoregen-checkpoint"
 VERSION = 1
-_NAME_RE = re.compile(r"^step_(\d+)\.safetensors$")
-_PARTIAL_RE = re.compile(r"^\.step_\d+\.safetensors\.\d+\.tmp$")
 
 
 class CheckpointError(RuntimeError):
@@ -72,48 +76,6 @@ class CheckpointError(RuntimeError):
 
 class CheckpointMismatchError(CheckpointError):
     """A checkpoint was saved for a model of another configuration or shape."""
-
-
-# ---------------------------------------------------------------------------- file names
-def checkpoint_name(step: int) -> str:
-    """``step_00001000.safetensors``: zero-padded so names sort like steps."""
-    return f"step_{int(step):08d}.safetensors"
-
-
-def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints in ``directory``, oldest step first (temporary files excluded)."""
-    d = Path(directory)
-    if not d.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _NAME_RE.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
-    """The checkpoint with the highest step in ``directory``, or None."""
-    found = list_checkpoints(directory)
-    return found[-1] if found else None
-
-
-def prune_checkpoints(directory: str | os.PathLike, keep_last: int) -> list[Path]:
-    """Delete all but the ``keep_last`` newest checkpoints; return the deleted paths."""
-    if keep_last < 1:
-        raise ValueError(f"keep_last must be >= 1, got {keep_last}")
-    old = list_checkpoints(directory)[:-keep_last]
-    for p in old:
-        p.unlink(missing_ok=True)
-    return old
-
-
-def remove_partial_checkpoints(directory: str | os.PathLike) -> list[Path]:
-    """Delete temporary files left by a writer that was killed mid-save."""
-    d = Path(directory)
-    if not d.is_dir():
-        return []
-    stale = [p for p in d.iterdir() if _PARTIAL_RE.match(p.name)]
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale
 
 
 # ---------------------------------------------------------------------------- raw file IO
@@ -321,6 +283,7 @@ def save_checkpoint(
     model_config: Mapping[str, Any] | None = None,
     state: Mapping[str, Any] | None = None,
     rng: Mapping[int, Mapping[str, Tensor]] | None = None,
+    host_options: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a complete training checkpoint atomically to ``path``.
 
@@ -330,6 +293,7 @@ def save_checkpoint(
         optimizer, scaler: optimizer and ``GradScaler`` whose states are saved.
         step: the number of training steps done.
         train_config: ``TrainConfig.to_dict()``; model_config: the net's config dict.
+        host_options: ``HostOptions.to_dict()``, kept for the record (never compared).
         state: extra JSON (the trainer's data position and counters).
         rng: per-rank RNG states ``{rank: capture_rng()}``; default this process's, as rank 0.
     """
@@ -344,6 +308,7 @@ def save_checkpoint(
         "state": _jsonable("state", dict(state or {})),
         "train_config": _jsonable("train_config", plain(train_config)),
         "model_config": _jsonable("model_config", plain(model_config)),
+        "host_options": _jsonable("host_options", plain(host_options)),
         "sde": model.sde.to_dict(),
         "prediction": model.prediction,
         "net_class": f"{type(model.net).__module__}.{type(model.net).__qualname__}",
@@ -383,6 +348,11 @@ class Checkpoint:
     @property
     def train_config(self) -> dict[str, Any] | None:
         return self.meta.get("train_config")
+
+    @property
+    def host_options(self) -> dict[str, Any] | None:
+        """``HostOptions.to_dict()`` of the writer (None before the split); for the record."""
+        return self.meta.get("host_options")
 
     @property
     def model_config(self) -> dict[str, Any] | None:

@@ -4,7 +4,8 @@ One optimisation step (:meth:`Trainer.step`) on a local batch ``x0: (B, *D)``:
 
 1. the learning rate of this step: linear warm-up, then constant or cosine;
 2. ``t``, ``eps`` and the classifier-free-guidance dropout mask are drawn for the
-   *global* batch from a generator seeded by ``(seed, step)``; each rank keeps its rows
+   *global* batch by :func:`scoregen.losses.draw_training_batch` (the draw ``dsm_loss``
+   uses) from a generator seeded by ``(seed, step)``; each rank keeps its rows
    (``[rank::world_size]``, the rows ``DistributedSampler`` gives it). The run is thus
    the same for any number of processes with the same global batch, and resuming
    needs no generator state;
@@ -12,29 +13,33 @@ One optimisation step (:meth:`Trainer.step`) on a local batch ``x0: (B, *D)``:
    (fp32: none; bf16: ``torch.autocast``; fp16: autocast + ``GradScaler``);
 4. backward (DDP averages gradients across ranks), unscale, gradient-norm clipping;
 5. if the loss (averaged over ranks) or the gradient norm is not finite the update is
-   skipped — no optimizer or EMA change — and counted; ``max_nonfinite`` skips in a
-   row stop training with :class:`NonFiniteLossError` naming the step;
+   skipped — no optimizer or EMA change — and counted; ``HostOptions.max_nonfinite``
+   skips in a row stop training with :class:`NonFiniteLossError` naming the step;
 6. AdamW update, then the EMA update (:class:`scoregen.EMA`).
 
-:meth:`Trainer.fit` feeds batches, logs (tqdm bar, ``metrics.jsonl``, ``loss.png``),
-calls per-epoch hooks and writes atomic checkpoints (:mod:`scoregen.train.checkpoint`);
-:meth:`Trainer.resume` continues a run exactly where its last checkpoint left it,
-including the position inside the epoch.
+:meth:`Trainer.fit` feeds batches (:mod:`~scoregen.train.batches`), logs (tqdm bar,
+``metrics.jsonl``: :mod:`~scoregen.train.metrics_log`), calls per-epoch hooks and writes
+atomic checkpoints (:mod:`~scoregen.train.checkpoint`) into a
+:class:`~scoregen.train.checkpoint_dir.CheckpointDir`; :meth:`Trainer.resume` continues
+a run exactly where its last checkpoint left it, including the position inside the
+epoch. The trainer draws no figures: plot ``metrics.jsonl`` from the caller or a hook
+(:func:`~scoregen.train.metrics_log.loss_curve`).
+
+What defines the run is a :class:`~scoregen.train.config.TrainConfig` (compared on
+resume); how this host runs it is a :class:`~scoregen.train.config.HostOptions` (never
+compared).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import itertools
 import json
 import math
 import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,133 +50,29 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 from tqdm.auto import tqdm
 
-from scoregen.broadcast import append_dims
-from scoregen.losses import WEIGHTINGS, dsm_loss, sample_times
+from scoregen.losses import draw_training_batch, drop_condition, dsm_loss
 from scoregen.model import ScoreModel
 from scoregen.train import checkpoint as ckpt
 from scoregen.train import distributed as dist_utils
+from scoregen.train.batches import (
+    Batch,
+    default_batch_fn,
+    epoch_batches,
+    make_loader,
+    stable_seed,
+)
+from scoregen.train.checkpoint_dir import CheckpointDir
+from scoregen.train.config import HostOptions, TrainConfig
 from scoregen.train.ema import EMA
+from scoregen.train.metrics_log import LossWindow, MetricsLog
 
-__all__ = ["TrainConfig", "Trainer", "NonFiniteLossError", "default_batch_fn"]
-
-PRECISIONS = ("fp32", "bf16", "fp16")
-LR_SCHEDULES = ("constant", "cosine")
-Batch = tuple[Tensor, "Tensor | None"]
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced too many non-finite losses or gradients in a row."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters of a run; saved as JSON in every checkpoint.
-
-    ``batch_size`` is the *global* batch (split evenly over DDP processes) and is used
-    when :meth:`Trainer.fit` gets a ``Dataset``. Step counts are 1-based: "step k" is the
-    k-th update, and a checkpoint of step k holds the state after k updates.
-    """
-
-    lr: float = 2e-4
-    warmup_steps: int = 0  # linear warm-up from lr / warmup_steps to lr
-    lr_schedule: str = "constant"  # "constant" or "cosine" (to min_lr at max_steps)
-    min_lr: float = 0.0
-    max_steps: int = 10_000  # default length of fit()
-    batch_size: int = 64  # global batch, over all processes
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float | None = 1.0  # max global gradient norm; None: no clipping
-    ema_decay: float = 0.9999
-    ema_warmup: bool = True  # decay min(ema_decay, (1 + n) / (10 + n))
-    precision: str = "fp32"  # "fp32", "bf16" (autocast) or "fp16" (autocast + GradScaler)
-    compile: bool = False  # torch.compile the net
-    channels_last: bool = False  # 4-D weights and batches in channels_last
-    p_uncond: float = 0.0  # classifier-free guidance: P(cond replaced by zeros)
-    weighting: str | None = None  # dsm_loss weighting: None (its default), "simple", "sigma2"
-    discrete: bool | None = None  # DDPM integer times; None: when the SDE has num_steps
-    checkpoint_every: int = 1000  # steps between checkpoints; 0: only at the end of fit()
-    keep_last: int = 3  # checkpoints kept in out_dir/checkpoints
-    log_every: int = 50  # steps between metrics.jsonl lines
-    seed: int = 0  # seeds the data order and the per-step noise
-    max_nonfinite: int = 10  # consecutive skipped (non-finite) steps before stopping
-    num_workers: int = 0  # DataLoader workers when fit() gets a Dataset
-    find_unused_parameters: bool = False  # passed to DistributedDataParallel
-    progress: bool = True  # tqdm bar on rank 0
-
-    def __post_init__(self) -> None:
-        def check(ok: bool, name: str, want: str) -> None:
-            if not ok:
-                raise ValueError(f"TrainConfig.{name} must be {want}, got {getattr(self, name)!r}")
-
-        def pos_int(name: str, zero: bool = False) -> None:
-            v = getattr(self, name)
-            ok = isinstance(v, int) and not isinstance(v, bool) and (v >= 0 if zero else v > 0)
-            check(ok, name, "a non-negative int" if zero else "a positive int")
-
-        check(isinstance(self.lr, (int, float)) and self.lr > 0, "lr", "a positive number")
-        check(0 <= self.min_lr <= self.lr, "min_lr", "in [0, lr]")
-        for name in ("max_steps", "batch_size", "keep_last", "log_every", "max_nonfinite"):
-            pos_int(name)
-        for name in ("warmup_steps", "checkpoint_every", "num_workers", "seed"):
-            pos_int(name, zero=True)
-        check(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"one of {LR_SCHEDULES}")
-        check(self.precision in PRECISIONS, "precision", f"one of {PRECISIONS}")
-        check(self.weight_decay >= 0, "weight_decay", ">= 0")
-        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas",
-              "two numbers in [0, 1)")
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        check(self.grad_clip is None or self.grad_clip > 0, "grad_clip", "None or > 0")
-        check(0 <= self.ema_decay < 1, "ema_decay", "in [0, 1)")
-        check(0 <= self.p_uncond <= 1, "p_uncond", "in [0, 1]")
-        check(self.weighting is None or self.weighting in WEIGHTINGS, "weighting",
-              f"None or one of {WEIGHTINGS} (callables cannot be saved in a config)")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["betas"] = list(self.betas)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields {unknown}; known: {sorted(names)}")
-        return cls(**d)
-
-    def lr_at(self, step: int) -> float:
-        """Learning rate of the update with 0-based index ``step``."""
-        if step < self.warmup_steps:
-            return self.lr * (step + 1) / self.warmup_steps
-        if self.lr_schedule == "constant":
-            return self.lr
-        span = max(1, self.max_steps - self.warmup_steps)
-        progress = min(1.0, (step - self.warmup_steps) / span)
-        return self.min_lr + (self.lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def default_batch_fn(batch: Any) -> Batch:
-    """The batch contract: a tensor ``x0``; ``(x0,)``; ``(x0, cond)``; or a dict with
-    ``"x0"`` and optionally ``"cond"``. Returns ``(x0, cond or None)``."""
-    if torch.is_tensor(batch):
-        return batch, None
-    if isinstance(batch, Mapping) and "x0" in batch:
-        return batch["x0"], batch.get("cond")
-    if isinstance(batch, (tuple, list)) and len(batch) in (1, 2):
-        return batch[0], (batch[1] if len(batch) == 2 else None)
-    raise TypeError(
-        "a batch must be a tensor x0, a tuple (x0,) or (x0, cond), or a dict with 'x0' "
-        f"(and optionally 'cond'); got {type(batch).__name__}. Pass batch_fn= to adapt yours."
-    )
-
+__all__ = ["Trainer", "NonFiniteLossError"]
 
 _END = object()
 
 
-def _seed(*parts: Any) -> int:
-    """A 63-bit seed from any parts (stable across processes and python versions)."""
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+class NonFiniteLossError(RuntimeError):
+    """Training produced too many non-finite losses or gradients in a row."""
 
 
 class Trainer:
@@ -179,8 +80,10 @@ class Trainer:
 
     Args:
         model: the model; its net must be an ``nn.Module`` with parameters.
-        config: a :class:`TrainConfig`.
-        out_dir: where ``checkpoints/``, ``metrics.jsonl`` and ``loss.png`` go.
+        config: a :class:`TrainConfig`: what defines the run (compared on resume).
+        out_dir: where ``checkpoints/`` and ``metrics.jsonl`` go.
+        host: :class:`HostOptions`: how this host runs it (never compared); default
+            ``HostOptions()``.
         model_config: the net's configuration (a dict, a dataclass, or an object with
             ``to_dict()`` such as ``UNetConfig``), saved as JSON so that
             :func:`scoregen.train.checkpoint.load_model` can rebuild the net and resuming can
@@ -200,6 +103,7 @@ class Trainer:
         config: TrainConfig,
         out_dir: str | os.PathLike,
         *,
+        host: HostOptions | None = None,
         model_config: Mapping[str, Any] | Any | None = None,
         device: torch.device | str | None = None,
     ) -> None:
@@ -207,6 +111,9 @@ class Trainer:
             raise TypeError(f"model must be a ScoreModel, got {type(model).__name__}")
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+        host = HostOptions() if host is None else host
+        if not isinstance(host, HostOptions):
+            raise TypeError(f"host must be a HostOptions, got {type(host).__name__}")
         if not isinstance(model.net, torch.nn.Module) or not any(True for _ in model.parameters()):
             raise ValueError("the model's net must be an nn.Module with parameters to train")
         if callable(getattr(model_config, "to_dict", None)):  # e.g. UNetConfig
@@ -216,23 +123,24 @@ class Trainer:
         if model_config is not None:
             model_config = json.loads(json.dumps(dict(model_config)))  # JSON-able, plain copy
         self.config = config
+        self.host = host
         self.model_config: dict[str, Any] | None = model_config
         self.out_dir = Path(out_dir)
-        self.checkpoint_dir = self.out_dir / "checkpoints"
-        self.metrics_path = self.out_dir / "metrics.jsonl"
+        self.checkpoints = CheckpointDir(self.out_dir / "checkpoints")
 
         want = torch.device(device) if device is not None else model.device
         self.distributed = dist_utils.init_distributed(want)
         self.rank = dist_utils.get_rank()
         self.world_size = dist_utils.get_world_size()
         self.is_main = self.rank == 0
+        self.metrics = MetricsLog(self.out_dir / "metrics.jsonl", enabled=self.is_main)
         self.device = dist_utils.local_device(want)
         if config.precision == "fp16" and self.device.type == "cpu":
             warnings.warn("fp16 on CPU is slow and rarely useful; bf16 is the CPU choice",
                           stacklevel=2)
 
         model.to(self.device)
-        if config.channels_last:
+        if host.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model
         net: Any = model.net
@@ -240,9 +148,9 @@ class Trainer:
             net = DistributedDataParallel(
                 net,
                 device_ids=[self.device] if self.device.type == "cuda" else None,
-                find_unused_parameters=config.find_unused_parameters,
+                find_unused_parameters=host.find_unused_parameters,
             )
-        if config.compile:
+        if host.compile:
             net = torch.compile(net)
         # Shares every parameter with `model`; only the net call goes through DDP / compile.
         self._train_model = ScoreModel(net, model.sde, model.prediction)
@@ -265,14 +173,23 @@ class Trainer:
         self.train_seconds = 0.0  # wall time inside fit(), summed over resumed runs
         self._fit_t0: float | None = None
         self._last_saved = -1
-        self._window: list[float] = []
-        self._window_t0 = time.perf_counter()
+        self._window = LossWindow()
         self._bar: Any = None
         self.last_loss = math.nan
         self.last_grad_norm = math.nan
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            ckpt.remove_partial_checkpoints(self.checkpoint_dir)
+            self.checkpoints.remove_partial()
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """The folder of the step checkpoints (``out_dir/checkpoints``)."""
+        return self.checkpoints.path
+
+    @property
+    def metrics_path(self) -> Path:
+        """``out_dir/metrics.jsonl``."""
+        return self.metrics.path
 
     # ------------------------------------------------------------------ pieces
     def _autocast_context(self) -> contextlib.AbstractContextManager:
@@ -288,7 +205,7 @@ class Trainer:
 
     def _to_device(self, x: Tensor) -> Tensor:
         x = x.to(self.device, non_blocking=True)
-        if self.config.channels_last and x.ndim == 4:
+        if self.host.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
@@ -296,20 +213,16 @@ class Trainer:
         self, x0: Tensor, cond: Tensor | None, step: int
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """``t``, ``eps`` and dropped-out ``cond`` of this rank's rows of the global batch."""
-        cfg, r, w = self.config, self.rank, self.world_size
-        g = self._gen.manual_seed(_seed(cfg.seed, "step", step))
-        n = x0.shape[0] * w  # global batch
-        t = sample_times(self.model, n, discrete=cfg.discrete, generator=g, device=self.device)
-        noise = torch.randn((n, *x0.shape[1:]), generator=g, device=self.device, dtype=x0.dtype)
-        t, noise = t[r::w], noise[r::w]
-        if cfg.channels_last and noise.ndim == 4:
-            noise = noise.contiguous(memory_format=torch.channels_last)
-        else:
-            noise = noise.contiguous()
-        if cond is not None and cfg.p_uncond > 0:
-            keep = (torch.rand(n, generator=g, device=self.device) >= cfg.p_uncond)[r::w]
-            cond = cond * append_dims(keep.to(cond.dtype), cond.ndim)
-        return t, noise, cond
+        cfg = self.config
+        g = self._gen.manual_seed(stable_seed(cfg.seed, "step", step))
+        draw = draw_training_batch(
+            self.model, (x0.shape[0] * self.world_size, *x0.shape[1:]),
+            p_uncond=cfg.p_uncond if cond is not None else 0.0, discrete=cfg.discrete,
+            generator=g, device=self.device, dtype=x0.dtype,
+        ).shard(self.rank, self.world_size)
+        layout = torch.channels_last if self.host.channels_last and x0.ndim == 4 \
+            else torch.contiguous_format
+        return draw.t, draw.noise.contiguous(memory_format=layout), drop_condition(cond, draw.keep)
 
     def _grad_norm(self) -> Tensor:
         params = [p for p in self.model.parameters() if p.grad is not None]
@@ -375,12 +288,12 @@ class Trainer:
         self._nonfinite_run += 1
         s = self.global_step
         self.log({"event": "nonfinite", "step": s, "loss": loss_v, "grad_norm": norm_v})
-        if self._nonfinite_run >= self.config.max_nonfinite:
+        if self._nonfinite_run >= self.host.max_nonfinite:
             first = s - self._nonfinite_run + 1
             raise NonFiniteLossError(
                 f"training stopped at step {s}: {self._nonfinite_run} consecutive steps "
                 f"(steps {first}..{s}) had a non-finite loss or gradient norm (last loss "
-                f"{loss_v}, grad norm {norm_v}); max_nonfinite={self.config.max_nonfinite}. "
+                f"{loss_v}, grad norm {norm_v}); max_nonfinite={self.host.max_nonfinite}. "
                 "Skipped steps never reached the weights, the EMA or a checkpoint; try a lower "
                 "lr, grad_clip, or bf16 instead of fp16."
             )
@@ -388,55 +301,23 @@ class Trainer:
     # ------------------------------------------------------------------ logging
     def log(self, record: Mapping[str, Any]) -> None:
         """Append one JSON line to ``metrics.jsonl`` (rank 0 only); ``step`` is added."""
-        if not self.is_main:
-            return
-        rec = {"step": self.global_step, **record}
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        self.metrics.append({"step": self.global_step, **record})
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """The records of ``metrics.jsonl`` (unparsable lines from a killed writer skipped)."""
+        return self.metrics.read()
 
     def _record(self, loss_v: float, lr: float) -> None:
-        if math.isfinite(loss_v):
-            self._window.append(loss_v)
+        self._window.add(loss_v)
         if self._bar is not None:
             self._bar.update(1)
-        if self.global_step % self.config.log_every:
+        if self.global_step % self.host.log_every:
             return
-        now = time.perf_counter()
-        mean = sum(self._window) / len(self._window) if self._window else math.nan
-        rate = self.config.log_every / max(now - self._window_t0, 1e-9)
+        mean, rate = self._window.flush()
         self.log({"epoch": self.epoch, "loss": mean, "lr": lr, "grad_norm": self.last_grad_norm,
                   "skipped": self.skipped_steps, "it_per_s": rate})
         if self._bar is not None:
             self._bar.set_postfix(loss=f"{mean:.4g}", skipped=self.skipped_steps)
-        self._window, self._window_t0 = [], now
-
-    def read_metrics(self) -> list[dict[str, Any]]:
-        """The records of ``metrics.jsonl`` (unparsable lines from a killed writer skipped)."""
-        if not self.metrics_path.is_file():
-            return []
-        out = []
-        for line in self.metrics_path.read_text().splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                out.append(json.loads(line))
-        return out
-
-    def plot_losses(self, path: str | os.PathLike | None = None) -> Path | None:
-        """Write the loss curve from ``metrics.jsonl`` as a PNG (rank 0); None if no points."""
-        if not self.is_main:
-            return None
-        from scoregen.plotting import plot_curves
-
-        recs = [r for r in self.read_metrics() if "event" not in r and "loss" in r]
-        pts = [(r["step"], r["loss"]) for r in recs if math.isfinite(r["loss"])]
-        if not pts:
-            return None
-        name = f"DSM loss (mean of {self.config.log_every} steps)"
-        steps, losses = zip(*pts, strict=True)
-        logy = [name] if min(losses) > 0 else []
-        return plot_curves({name: (list(steps), list(losses))},
-                           path if path is not None else self.out_dir / "loss.png",
-                           xlabel="step", logy=logy)
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:
@@ -451,22 +332,23 @@ class Trainer:
 
     def save(self, path: str | os.PathLike | None = None) -> Path | None:
         """Write a checkpoint (default ``checkpoints/step_XXXXXXXX.safetensors``) and keep
-        the last ``keep_last``. Call on every rank; rank 0 writes and returns the path."""
+        the last ``HostOptions.keep_last``. Call on every rank; rank 0 writes and returns
+        the path. Draws nothing: plotting is the caller's."""
         rng = dist_utils.gather_rng_states(ckpt.capture_rng())  # a collective under DDP
         self._last_saved = self.global_step
         if not self.is_main:
             return None
         default = path is None
         if path is None:
-            path = self.checkpoint_dir / ckpt.checkpoint_name(self.global_step)
+            path = self.checkpoints.path_for(self.global_step)
         written = ckpt.save_checkpoint(
             Path(path), self.model, ema=self.ema, optimizer=self.optimizer,
             scaler=self.scaler, step=self.global_step, train_config=self.config.to_dict(),
             model_config=self.model_config, state=self._state(), rng=rng,
+            host_options=self.host.to_dict(),
         )
         if default:
-            ckpt.prune_checkpoints(self.checkpoint_dir, self.config.keep_last)
-        self.plot_losses()
+            self.checkpoints.prune(self.host.keep_last)
         return written
 
     def resume(self, path: str | os.PathLike | None = None) -> bool:
@@ -478,7 +360,7 @@ class Trainer:
         the checkpoint belongs to a model of another config.
         """
         if path is None:
-            path = ckpt.latest_checkpoint(self.checkpoint_dir)
+            path = self.checkpoints.latest()
             if path is None:
                 return False
         ck = ckpt.load_checkpoint(path)
@@ -514,15 +396,11 @@ class Trainer:
         rng = ck.rng_state(self.rank)
         if rng is not None:
             ckpt.restore_rng(rng)
-        if self.is_main:
-            self._truncate_metrics(ck.step)
+        self.metrics.truncate(ck.step)
         return True
 
     def _warn_differences(self, ck: ckpt.Checkpoint, path: Any) -> None:
-        saved = ck.train_config or {}
-        now = self.config.to_dict()
-        changed = [f"{k}: {saved[k]!r} -> {now[k]!r}" for k in now
-                   if k in saved and saved[k] != now[k]]
+        changed = self.config.differences(ck.train_config or {})  # host options: never
         if changed:
             warnings.warn(f"resuming {path} with a changed TrainConfig ({'; '.join(changed)}); "
                           "the run will differ from an uninterrupted one", stacklevel=3)
@@ -532,42 +410,39 @@ class Trainer:
                           f"{self.world_size}: per-rank RNG states (dropout) are not carried "
                           "over", stacklevel=3)
 
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop log lines written after the checkpoint (by a run that was then killed)."""
-        keep = [r for r in self.read_metrics()
-                if r.get("step", 0) < step or (r.get("step") == step and "event" not in r)]
-        tmp = self.metrics_path.with_name(f".{self.metrics_path.name}.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-        os.replace(tmp, self.metrics_path)
-
     # ------------------------------------------------------------------ the loop
-    def _make_loader(self, dataset: Dataset) -> DataLoader:
-        cfg, w = self.config, self.world_size
-        if cfg.batch_size % w:
-            raise ValueError(f"batch_size {cfg.batch_size} (global) is not divisible by the "
-                             f"{w} processes")
-        local = cfg.batch_size // w
-        sampler = dist_utils.ResumableDistributedSampler(
-            dataset, num_replicas=w, rank=self.rank, shuffle=True, seed=cfg.seed, drop_last=True)
-        if sampler.num_samples < local:
-            raise ValueError(f"the dataset has {len(dataset)} samples, fewer than one global "
-                             f"batch of {cfg.batch_size}")
-        return DataLoader(dataset, batch_size=local, sampler=sampler, drop_last=True,
-                          num_workers=cfg.num_workers, generator=self._loader_gen,
-                          pin_memory=self.device.type == "cuda")
+    def _loader(self, data: Any) -> tuple[Any, DataLoader | None]:
+        """``(data, loader)``: a tensor or map-style ``Dataset`` gets the trainer's
+        resumable loader; any other re-iterable of batches is used as given."""
+        if torch.is_tensor(data):
+            data = TensorDataset(data)
+        if not isinstance(data, Dataset) or isinstance(data, IterableDataset):
+            return data, None
+        return data, make_loader(
+            data, batch_size=self.config.batch_size, seed=self.config.seed, rank=self.rank,
+            world_size=self.world_size, num_workers=self.host.num_workers,
+            generator=self._loader_gen, pin_memory=self.device.type == "cuda")
 
-    def _batches(self, data: Any, loader: DataLoader | None) -> Iterator[Any]:
-        """This epoch's batches, starting after the ``batch_in_epoch`` already consumed."""
-        skip = self.batch_in_epoch
-        if loader is not None:
-            loader.sampler.set_epoch(self.epoch)
-            loader.sampler.skip = skip * loader.batch_size
-            self._loader_gen.manual_seed(_seed(self.config.seed, "workers", self.epoch))
-            return iter(loader)
-        sampler = getattr(data, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(self.epoch)
-        return itertools.islice(iter(data), skip, None)
+    @contextlib.contextmanager
+    def _fitting(self, total: int | None) -> Iterator[None]:
+        """The progress bar, the loss window and the wall clock of one ``fit`` call."""
+        if self.is_main and self.host.progress:
+            self._bar = tqdm(total=total, initial=self.global_step, desc="train",
+                             dynamic_ncols=True)
+        self._window.reset()
+        self._fit_t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.train_seconds, self._fit_t0 = self._elapsed(), None
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
+
+    def _maybe_save(self) -> None:
+        every = self.host.checkpoint_every
+        if every and self.global_step % every == 0:
+            self.save()
 
     def _end_epoch(self, hook: Callable[[Trainer, int], Any] | None) -> None:
         finished = self.epoch
@@ -599,52 +474,46 @@ class Trainer:
         if steps is None and epochs is None:
             steps = self.config.max_steps
         batch_fn = batch_fn or default_batch_fn
-        if torch.is_tensor(data):
-            data = TensorDataset(data)
-        is_map = isinstance(data, Dataset) and not isinstance(data, IterableDataset)
-        loader = self._make_loader(data) if is_map else None
+        data, loader = self._loader(data)
 
         def done() -> bool:
             return ((steps is not None and self.global_step >= steps)
                     or (epochs is not None and self.epoch >= epochs))
 
-        if self.is_main and self.config.progress:
-            total = steps if steps is not None else None
-            self._bar = tqdm(total=total, initial=self.global_step, desc="train",
-                             dynamic_ncols=True)
-        self._window, self._window_t0 = [], time.perf_counter()
-        self._fit_t0 = time.perf_counter()
-        try:
+        with self._fitting(total=steps):
             while not done():
-                batches = self._batches(data, loader)
-                batch = next(batches, _END)
-                if batch is _END and self.batch_in_epoch == 0:
-                    raise ValueError(
-                        f"the data yielded no batch in epoch {self.epoch}; pass a re-iterable "
-                        "(a Dataset, tensor or DataLoader), not a one-shot iterator, with at "
-                        "least one full batch")
-                while batch is not _END:
-                    loss = self.step(*batch_fn(batch))
-                    self.batch_in_epoch += 1
-                    if on_step_end is not None:
-                        on_step_end(self, self.global_step, loss)
-                    batch = next(batches, _END)  # look ahead: was that the epoch's last?
-                    if batch is _END:
-                        self._end_epoch(on_epoch_end)
-                    every = self.config.checkpoint_every
-                    if every and self.global_step % every == 0:
-                        self.save()
-                    if done():
-                        break
-                else:
-                    if self.batch_in_epoch:  # resumed exactly at the end of an epoch
-                        self._end_epoch(on_epoch_end)
-        finally:
-            self.train_seconds, self._fit_t0 = self._elapsed(), None
-            if self._bar is not None:
-                self._bar.close()
-                self._bar = None
+                batches = epoch_batches(data, loader, epoch=self.epoch, skip=self.batch_in_epoch,
+                                        seed=self.config.seed, generator=self._loader_gen)
+                self._run_epoch(batches, batch_fn, done, on_epoch_end, on_step_end)
         if self._last_saved != self.global_step:
             self.save()
         return {"step": self.global_step, "epoch": self.epoch, "loss": self.last_loss,
                 "skipped_steps": self.skipped_steps, "train_seconds": self.train_seconds}
+
+    def _run_epoch(
+        self,
+        batches: Iterator[Any],
+        batch_fn: Callable[[Any], Batch],
+        done: Callable[[], bool],
+        on_epoch_end: Callable[[Trainer, int], Mapping[str, Any] | None] | None,
+        on_step_end: Callable[[Trainer, int, float], None] | None,
+    ) -> None:
+        """Steps over the rest of this epoch until it ends or ``done()``."""
+        batch = next(batches, _END)
+        if batch is _END:
+            if self.batch_in_epoch == 0:
+                raise ValueError(
+                    f"the data yielded no batch in epoch {self.epoch}; pass a re-iterable "
+                    "(a Dataset, tensor or DataLoader), not a one-shot iterator, with at "
+                    "least one full batch")
+            self._end_epoch(on_epoch_end)  # resumed exactly at the end of an epoch
+            return
+        while batch is not _END and not done():
+            loss = self.step(*batch_fn(batch))
+            self.batch_in_epoch += 1
+            if on_step_end is not None:
+                on_step_end(self, self.global_step, loss)
+            batch = next(batches, _END)  # look ahead: was that the epoch's last?
+            if batch is _END:
+                self._end_epoch(on_epoch_end)
+            self._maybe_save()

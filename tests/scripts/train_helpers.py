@@ -13,7 +13,9 @@ from torch import Tensor, nn
 
 from scoregen.model import ScoreModel
 from scoregen.sde import SDE, VPSDE
-from scoregen.train import TrainConfig, Trainer
+from scoregen.train import HostOptions, TrainConfig, Trainer
+
+HOST_FIELDS = frozenset(HostOptions.__dataclass_fields__)
 
 
 class TinyNet(nn.Module):
@@ -88,7 +90,8 @@ def make_trainer(
     model_config: dict | None = None,
     **overrides,
 ) -> Trainer:
-    """A seeded TinyNet model and a Trainer with fast defaults (``overrides`` -> TrainConfig)."""
+    """A seeded TinyNet model and a Trainer with fast defaults; ``overrides`` go to
+    HostOptions when they name one of its fields, else to TrainConfig."""
     torch.manual_seed(0)
     if net is None:
         net = TinyNet(width=width, cond_dim=cond_dim, dropout=dropout)
@@ -97,7 +100,9 @@ def make_trainer(
     cfg = dict(lr=1e-2, batch_size=8, max_steps=20, log_every=1, checkpoint_every=0,
                ema_decay=0.9, progress=False, keep_last=100)
     cfg.update(overrides)
-    return Trainer(model, TrainConfig(**cfg), out_dir, model_config=model_config)
+    host = {k: cfg.pop(k) for k in list(cfg) if k in HOST_FIELDS}
+    return Trainer(model, TrainConfig(**cfg), out_dir, host=HostOptions(**host),
+                   model_config=model_config)
 
 
 def weights(trainer: Trainer) -> dict[str, Tensor]:
