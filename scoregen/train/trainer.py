@@ -267,21 +267,24 @@ class Trainer:
                                     .to(loss_all.device)]).tolist()  # the one host sync
         self.global_step += 1
         self.last_loss, self.last_grad_norm = loss_v, norm_v
+        self._update_or_skip(loss_v, norm_v)
+        self._record(loss_v, lr)
+        return loss_v
 
+    def _update_or_skip(self, loss_v: float, norm_v: float) -> None:
+        """AdamW + EMA update when loss and gradient norm are finite; else no update."""
         if math.isfinite(loss_v) and math.isfinite(norm_v):
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.ema.update(self.model)
             self._nonfinite_run = 0
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.update()  # fp16: lowers the scale after an overflow; else a no-op
+        if self.scaler.is_enabled() and math.isfinite(loss_v):
+            self.overflow_steps += 1
         else:
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.update()  # fp16: lowers the scale after an overflow; else a no-op
-            if self.scaler.is_enabled() and math.isfinite(loss_v):
-                self.overflow_steps += 1
-            else:
-                self._skip_nonfinite(loss_v, norm_v)
-        self._record(loss_v, lr)
-        return loss_v
+            self._skip_nonfinite(loss_v, norm_v)
 
     def _skip_nonfinite(self, loss_v: float, norm_v: float) -> None:
         self.skipped_steps += 1
