@@ -71,8 +71,15 @@ def test_host_options_validate_round_trip_and_are_not_train_config_fields():
         HostOptions(keep_last=0)
     with pytest.raises(ValueError, match="HostOptions.progress must be a bool"):
         HostOptions(progress="yes")
-    with pytest.raises(TypeError, match="progress"):
+    with pytest.raises(TypeError, match=r"\['progress'\] are HostOptions fields.*host="):
         TrainConfig(progress=False)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match=r"\['lr'\] are TrainConfig fields"):
+        HostOptions(lr=1.0)  # type: ignore[call-arg]
+    import copy
+    import dataclasses
+
+    assert copy.deepcopy(host) == host
+    assert dataclasses.replace(TrainConfig(), lr=1.0).lr == 1.0
 
 
 def test_a_config_saved_before_the_split_is_read_by_both_halves():

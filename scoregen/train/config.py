@@ -50,6 +50,17 @@ def _checker(obj: Any) -> tuple[Any, Any]:
     return check, pos_int
 
 
+def _refuse_fields_of(other: type, cls: type, kwargs: Mapping[str, Any]) -> None:
+    """A TypeError that says where a field of the other half goes (before the dataclass's
+    own "unexpected keyword argument")."""
+    misplaced = sorted(set(kwargs) & {f.name for f in dataclasses.fields(other)})
+    if misplaced:
+        where = ("Trainer(..., host=HostOptions(...))" if other is HostOptions
+                 else "Trainer(model, TrainConfig(...), out_dir)")
+        raise TypeError(f"{misplaced} are {other.__name__} fields, not {cls.__name__} "
+                        f"fields: pass them as {where}")
+
+
 def _from_dict(cls: type, other: type, d: Mapping[str, Any]) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     theirs = {f.name for f in dataclasses.fields(other)}
@@ -86,6 +97,10 @@ class TrainConfig:
     weighting: str | None = None  # dsm_loss weighting: None (its default), "simple", "sigma2"
     discrete: bool | None = None  # DDPM integer times; None: when the SDE has num_steps
     seed: int = 0  # seeds the data order and the per-step noise
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> TrainConfig:
+        _refuse_fields_of(HostOptions, cls, kwargs)
+        return super().__new__(cls)
 
     def __post_init__(self) -> None:
         check, pos_int = _checker(self)
@@ -152,6 +167,10 @@ class HostOptions:
     num_workers: int = 0  # DataLoader workers when fit() gets a Dataset
     find_unused_parameters: bool = False  # passed to DistributedDataParallel
     progress: bool = True  # tqdm bar on rank 0
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> HostOptions:
+        _refuse_fields_of(TrainConfig, cls, kwargs)
+        return super().__new__(cls)
 
     def __post_init__(self) -> None:
         check, pos_int = _checker(self)
