@@ -22,7 +22,12 @@ from scoregen.train import (
     Trainer,
     default_batch_fn,
 )
-from scoregen.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from scoregen.train.checkpoint import (
+    CheckpointMismatchError,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+)
 from scoregen.train.ema import EMA, ema_decay_at
 
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -377,6 +382,20 @@ def test_resume_with_changed_train_config_warns(tmp_path):
     assert other.optimizer.param_groups[0]["weight_decay"] == 0.1
     other.fit(make_points(), steps=3)
     assert other.optimizer.param_groups[0]["lr"] == 0.5
+
+
+def test_run_info_is_saved_and_a_different_one_is_refused_on_resume(tmp_path):
+    """A lung run is not continued as an infection run; a key the old run lacked is fine."""
+    tr = make_trainer(tmp_path, run_info={"task": "lung", "image_size": 64})
+    tr.fit(make_points(), steps=2)
+    ck = load_checkpoint(latest_checkpoint(tmp_path / "checkpoints"))
+    assert ck.run_info == {"task": "lung", "image_size": 64}
+    other = make_trainer(tmp_path, run_info={"task": "infection", "image_size": 64})
+    with pytest.raises(CheckpointMismatchError, match=r"run_info\.task: checkpoint 'lung'"):
+        other.resume()
+    assert make_trainer(tmp_path, run_info={"task": "lung", "mask": "lung"}).resume()
+    with pytest.raises(TypeError, match="run_info must be a mapping"):
+        make_trainer(tmp_path, run_info=["lung"])
 
 
 def test_resume_with_changed_host_options_is_silent(tmp_path):

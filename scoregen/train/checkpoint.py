@@ -284,6 +284,7 @@ def save_checkpoint(
     state: Mapping[str, Any] | None = None,
     rng: Mapping[int, Mapping[str, Tensor]] | None = None,
     host_options: Mapping[str, Any] | None = None,
+    run_info: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a complete training checkpoint atomically to ``path``.
 
@@ -294,6 +295,8 @@ def save_checkpoint(
         step: the number of training steps done.
         train_config: ``TrainConfig.to_dict()``; model_config: the net's config dict.
         host_options: ``HostOptions.to_dict()``, kept for the record (never compared).
+        run_info: what the run is about, for whoever loads it (e.g. the task, image size and
+            mask kind of the X-ray example); JSON.
         state: extra JSON (the trainer's data position and counters).
         rng: per-rank RNG states ``{rank: capture_rng()}``; default this process's, as rank 0.
     """
@@ -309,6 +312,7 @@ def save_checkpoint(
         "train_config": _jsonable("train_config", plain(train_config)),
         "model_config": _jsonable("model_config", plain(model_config)),
         "host_options": _jsonable("host_options", plain(host_options)),
+        "run_info": _jsonable("run_info", dict(run_info or {})),
         "sde": model.sde.to_dict(),
         "prediction": model.prediction,
         "net_class": f"{type(model.net).__module__}.{type(model.net).__qualname__}",
@@ -359,6 +363,11 @@ class Checkpoint:
         return self.meta.get("model_config")
 
     @property
+    def run_info(self) -> dict[str, Any]:
+        """What the run is about (task, image size, ...); empty for older checkpoints."""
+        return dict(self.meta.get("run_info") or {})
+
+    @property
     def sde(self) -> SDE:
         return SDE.from_dict(self.meta["sde"])
 
@@ -394,9 +403,18 @@ class Checkpoint:
         model_config: Mapping[str, Any] | None = None,
         sde: SDE | None = None,
         prediction: str | None = None,
+        run_info: Mapping[str, Any] | None = None,
     ) -> None:
-        """Raise :class:`CheckpointMismatchError` naming every field that differs."""
+        """Raise :class:`CheckpointMismatchError` naming every field that differs.
+
+        ``run_info`` is compared key by key where both sides have the key (a checkpoint
+        written before a key existed is not refused for lacking it).
+        """
         diffs: list[str] = []
+        if run_info is not None:
+            saved = self.run_info
+            diffs += _diff({k: saved[k] for k in saved if k in run_info},
+                           {k: run_info[k] for k in run_info if k in saved}, "run_info")
         if model_config is not None and self.model_config is not None:
             diffs += _diff(self.model_config, dict(model_config), "model_config")
         if sde is not None:

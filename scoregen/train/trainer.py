@@ -88,6 +88,10 @@ class Trainer:
             ``to_dict()`` such as ``UNetConfig``), saved as JSON so that
             :func:`scoregen.train.checkpoint.load_model` can rebuild the net and resuming can
             check it.
+        run_info: what the run is about (JSON), for whoever loads its checkpoints: e.g.
+            ``{"task": "lung", "image_size": 64}``. Saved in every checkpoint
+            (:attr:`Checkpoint.run_info <scoregen.train.checkpoint.Checkpoint.run_info>`);
+            :meth:`resume` refuses a checkpoint whose run_info differs on a shared key.
         device: where to train; default the model's device. Under torchrun a CUDA device
             gets index ``LOCAL_RANK``.
 
@@ -105,6 +109,7 @@ class Trainer:
         *,
         host: HostOptions | None = None,
         model_config: Mapping[str, Any] | Any | None = None,
+        run_info: Mapping[str, Any] | None = None,
         device: torch.device | str | None = None,
     ) -> None:
         if not isinstance(model, ScoreModel):
@@ -125,6 +130,9 @@ class Trainer:
         self.config = config
         self.host = host
         self.model_config: dict[str, Any] | None = model_config
+        if run_info is not None and not isinstance(run_info, Mapping):
+            raise TypeError(f"run_info must be a mapping (JSON), got {type(run_info).__name__}")
+        self.run_info: dict[str, Any] = json.loads(json.dumps(dict(run_info or {})))
         self.out_dir = Path(out_dir)
         self.checkpoints = CheckpointDir(self.out_dir / "checkpoints")
 
@@ -348,7 +356,7 @@ class Trainer:
             Path(path), self.model, ema=self.ema, optimizer=self.optimizer,
             scaler=self.scaler, step=self.global_step, train_config=self.config.to_dict(),
             model_config=self.model_config, state=self._state(), rng=rng,
-            host_options=self.host.to_dict(),
+            host_options=self.host.to_dict(), run_info=self.run_info,
         )
         if default:
             self.checkpoints.prune(self.host.keep_last)
@@ -368,7 +376,7 @@ class Trainer:
                 return False
         ck = ckpt.load_checkpoint(path)
         ck.check_compatible(model_config=self.model_config, sde=self.model.sde,
-                            prediction=self.model.prediction)
+                            prediction=self.model.prediction, run_info=self.run_info)
         ckpt.load_state_checked(self.model, ck.model_state(), "weights", path)
         ema_state = ck.ema_state()
         if ema_state is not None:

@@ -88,6 +88,7 @@ def make_trainer(
     sde: SDE | None = None,
     net: nn.Module | None = None,
     model_config: dict | None = None,
+    run_info: dict | None = None,
     **overrides,
 ) -> Trainer:
     """A seeded TinyNet model and a Trainer with fast defaults; ``overrides`` go to
@@ -102,7 +103,7 @@ def make_trainer(
     cfg.update(overrides)
     host = {k: cfg.pop(k) for k in list(cfg) if k in HOST_FIELDS}
     return Trainer(model, TrainConfig(**cfg), out_dir, host=HostOptions(**host),
-                   model_config=model_config)
+                   model_config=model_config, run_info=run_info)
 
 
 def weights(trainer: Trainer) -> dict[str, Tensor]:
