@@ -405,3 +405,37 @@ def test_the_old_sampler_name_sde_still_works_and_warns():
         fn = sg.samplers.sde
     assert fn is sg.samplers.torchsde_sampler
     assert "sde" not in SAMPLERS and isinstance(sg.sde, type(math))  # the module, unshadowed
+
+
+# ----------------------------------------------------------------------------- the core
+@pytest.mark.parametrize("sde_name", list(SDES))
+def test_sampling_run_tables_are_the_schedule_on_the_grid(sde_name):
+    sde = SDES[sde_name]()
+    run = sg.samplers.SamplingRun(MIXTURE.model(sde), (3, 2), name="t", steps=12,
+                                  spacing="karras")
+    grid = sg.time_grid(sde, 12, "karras")
+    assert torch.equal(run.grid, grid) and run.t == grid.tolist()
+    alpha, sigma = sde.alpha_sigma(grid)
+    f, g2 = sde.f_g2(grid)
+    for name, want in [("alpha", alpha), ("sigma", sigma), ("f", f), ("g2", g2),
+                       ("lam", sde.log_snr(grid))]:
+        assert getattr(run, name) == want.tolist(), name
+    assert run.lam[-1] == math.inf and all(a > b for a, b in zip(run.lam[1:], run.lam[:-1],
+                                                                 strict=True))
+
+
+def test_cond_and_net_checks_run_once_per_call_not_per_network_call():
+    checks, calls = [], []
+    inner = MIXTURE.net(sg.VPSDE(), "eps")
+
+    class Net:
+        def check_cond(self, x, cond):
+            checks.append(1)
+
+        def __call__(self, x, t, cond):
+            calls.append(1)
+            return inner(x, t, None)
+
+    model = sg.ScoreModel(Net(), sg.VPSDE())
+    sg.sample(model, (4, 2), "pc", steps=10, cond=torch.zeros(4, 1))
+    assert len(checks) == 1 and len(calls) == 21
