@@ -68,10 +68,25 @@ class LogProbResult:
     nfe: int
 
 
-def log_prob(model: ScoreModel, x0: Tensor, cond: Tensor | None = None,
-             **kwargs: object) -> Tensor:
-    """``log p(x0)`` in nats per sample, (B,); see :func:`log_prob_with_info` for options."""
-    return log_prob_with_info(model, x0, cond, **kwargs).logp  # type: ignore[arg-type]
+def log_prob(
+    model: ScoreModel,
+    x0: Tensor,
+    cond: Tensor | None = None,
+    *,
+    exact: bool | None = None,
+    probe: str = "rademacher",
+    method: str = "dopri5",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    t_eps: float | None = None,
+    dtype: torch.dtype | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """``log p(x0)`` in nats per sample, (B,); options as in :func:`log_prob_with_info`,
+    which also reports the NFE."""
+    return log_prob_with_info(model, x0, cond, exact=exact, probe=probe, method=method,
+                              rtol=rtol, atol=atol, t_eps=t_eps, dtype=dtype,
+                              generator=generator).logp
 
 
 def log_prob_with_info(
