@@ -145,7 +145,7 @@ class ScoreModel(nn.Module):
         validated here: :func:`scoregen.sample` checks it once per call
         (:meth:`check_cond`).
         """
-        if not (torch.is_tensor(t) and t.shape == x.shape[:1]):
+        if not (torch.is_tensor(t) and t.shape == x.shape[:1] and t.device == x.device):
             t = as_batch_times(t, x.shape[0], x)
         if alpha is None or sigma is None:
             alpha, sigma = self.coeffs(t, x)
@@ -183,11 +183,10 @@ class ScoreModel(nn.Module):
         number).
         """
         if coeffs is None:
-            t_b = as_batch_times(t, x.shape[0], x) if not torch.is_tensor(t) or t.ndim == 0 else t
-            t64 = t_b.detach().to(torch.float64)
+            t = as_batch_times(t, x.shape[0], x)
+            t64 = t.detach().to(torch.float64)
             alpha, sigma = (append_dims(v.to(x.dtype), x.ndim) for v in self.sde.alpha_sigma(t64))
             f, g2 = (append_dims(v.to(x.dtype), x.ndim) for v in self.sde.f_g2(t64))
-            t = t_b
         else:
             alpha, sigma, f, g2 = coeffs
         eps, x0 = self.denoise(x, t, cond, alpha=alpha, sigma=sigma, net_dtype=net_dtype)
