@@ -40,7 +40,7 @@ net is an isotropic fast form of :meth:`GaussianMixture.score` (checked against 
 start-up).
 
 NFE accounting (budgets B = 10, 20, 50, 100, plus 1000 for ancestral):
-``ddim``/``ancestral`` steps = B; ``euler_maruyama`` and ``sde`` steps = B - 1 (+1 final
+``ddim``/``ancestral`` steps = B; ``euler_maruyama`` and ``torchsde`` steps = B - 1 (+1 final
 Tweedie denoising); fixed-grid ODE (torchdiffeq, uniform grid to t_eps, +1 denoising):
 ``euler`` B - 1 steps, ``heun2`` (B - 1) // 2 steps of 2 calls, ``rk4`` (B - 1) // 4 of 4;
 adaptive ``dopri5`` at rtol = atol in TOLERANCES uses what it needs; ``langevin`` levels x
@@ -136,7 +136,7 @@ class ExactEps:
 
     def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         x64 = x.flatten(1).to(torch.float64)  # (B, D)
-        alpha, sigma = self.sde._alpha_sigma(t.detach().to(torch.float64))
+        alpha, sigma = self.sde.alpha_sigma(t.detach().to(torch.float64), check=False)
         a, s = alpha[:, None], sigma[:, None]  # (B, 1)
         v = a**2 * self.s2 + s**2  # (B, K)
         sq = (x64.pow(2).sum(1, keepdim=True) - 2 * a * (x64 @ self.mu.T) + a**2 * self.mu2)
@@ -192,7 +192,7 @@ def build_cases(budgets: Sequence[int] = BUDGETS, full: bool = False) -> list[Ca
                               b))
             cases.append(Case("ddim/eta=1", "ddim", {"steps": b, "eta": 1.0}, b))
         cases.append(Case("euler_maruyama", "euler_maruyama", {"steps": b - 1}, b))
-        cases.append(Case("sde (torchsde)", "sde", {"steps": b - 1}, b))
+        cases.append(Case("torchsde", "torchsde", {"steps": b - 1}, b))
         cases.append(Case("ode/euler", "ode", {"method": "euler", "steps": b - 1}, b))
         if b >= 5:
             cases.append(Case("ode/heun2", "ode", {"method": "heun2", "steps": (b - 1) // 2}, b))
@@ -318,8 +318,9 @@ def run_target(
             timed.reset()
             gen = torch.Generator().manual_seed(s)
             t0 = time.perf_counter()
-            x, nfe = sg.sample(model, (n, target.dim), case.sampler, generator=gen,
-                               return_nfe=True, dtype=dtype, **case.options)
+            res = sg.sample_with_info(model, (n, target.dim), case.sampler, generator=gen,
+                                      dtype=dtype, **case.options)
+            x, nfe = res.x, res.nfe
             wall = time.perf_counter() - t0
             if timed.calls != nfe:
                 raise RuntimeError(f"{case.label}: reported NFE {nfe} != {timed.calls} net calls")
@@ -340,9 +341,9 @@ def run_target(
             for _ in range(timing_repeats):
                 timed.reset()
                 t0 = time.perf_counter()
-                _, nfe = sg.sample(model, (n, target.dim), case.sampler, return_nfe=True,
-                                   generator=torch.Generator().manual_seed(0), dtype=dtype,
-                                   **case.options)
+                nfe = sg.sample_with_info(model, (n, target.dim), case.sampler,
+                                          generator=torch.Generator().manual_seed(0),
+                                          dtype=dtype, **case.options).nfe
                 best = min(best, (time.perf_counter() - t0 - timed.seconds) / nfe)
             warm[i] = best
         log(f"  {name}: warm timing ({timing_repeats} runs per case) done "
@@ -391,8 +392,8 @@ def check_targets(ring: dict[str, Any]) -> list[dict[str, Any]]:
                        "value_se": r["ratio_se"], "limit": limit, "nfe": r["nfe"],
                        "passed": r["ratio"] <= limit})
     for sampler in ("ddim", "ancestral"):
-        # the default grid: logsnr / karras grids add a one-off set-up (bisection in
-        # SDE.t_from_log_snr) that the docs report separately
+        # the default grid: logsnr / karras grids add a one-off set-up (the inverse
+        # SDE.t_of_log_snr) that the docs report separately
         cand = [r for r in rows if r["sampler"] == sampler and r["overhead_us"] is not None
                 and r["options"].get("spacing", "uniform") == "uniform"
                 and not r["options"].get("eta") and "variance" not in r["options"]]

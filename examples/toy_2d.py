@@ -31,7 +31,7 @@ RUNS: dict[str, tuple[str, dict, dict]] = {
                              {"steps": 20, "spacing": "quadratic"}),
     "ancestral": ("ancestral", {"steps": 1000}, {"steps": 100}),
     "euler_maruyama": ("euler_maruyama", {"steps": 500}, {"steps": 100}),
-    "sde (torchsde)": ("sde", {"steps": 500}, {"steps": 50}),
+    "torchsde": ("torchsde", {"steps": 500}, {"steps": 50}),
     "ode (dopri5)": ("ode", {}, {"rtol": 1e-3, "atol": 1e-3}),
     "langevin": ("langevin", {}, {"steps": 20, "n_steps_each": 3, "step_size": 1.0}),
     "pc": ("pc", {"steps": 500}, {"steps": 50}),
@@ -58,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         options = quick if args.quick else full
         gen = torch.Generator().manual_seed(args.seed)  # the same x_T for every sampler
         t0 = time.perf_counter()
-        x, nfe = sg.sample(model, (n, 2), name, generator=gen, return_nfe=True, **options)
+        res = sg.sample_with_info(model, (n, 2), name, generator=gen, **options)
+        x, nfe = res.x, res.nfe
         seconds = time.perf_counter() - t0
         panels[f"{title}\nNFE {nfe}, {seconds:.1f} s"] = x
         print(f"{title:22s} NFE {nfe:5d}  {seconds:5.1f} s")

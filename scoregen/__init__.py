@@ -9,11 +9,17 @@ and the chest X-ray application (``scoregen.segmentation``).
 """
 
 from scoregen.analytic import GaussianMixture, ring_mixture
-from scoregen.likelihood import dequantize, log_likelihood, log_prob
+from scoregen.likelihood import (
+    LogProbResult,
+    dequantize,
+    log_likelihood,
+    log_prob,
+    log_prob_with_info,
+)
 from scoregen.losses import dsm_loss, sample_times
 from scoregen.model import PREDICTIONS, ScoreModel
 from scoregen.nn import UNET_PRESETS, UNet, UNetConfig
-from scoregen.samplers import SAMPLERS, sample, time_grid
+from scoregen.samplers import SAMPLERS, SampleResult, sample, sample_with_info, time_grid
 from scoregen.sde import SDE, VESDE, VPSDE, SubVPSDE
 from scoregen.segmentation.ensemble import fuse, staple, uncertainty
 from scoregen.train import (
@@ -35,8 +41,8 @@ __all__ = [
     "SDE", "VPSDE", "SubVPSDE", "VESDE",
     "ScoreModel", "PREDICTIONS",
     "dsm_loss", "sample_times",
-    "sample", "SAMPLERS", "time_grid",
-    "log_likelihood", "log_prob", "dequantize",
+    "sample", "sample_with_info", "SampleResult", "SAMPLERS", "time_grid",
+    "log_likelihood", "log_prob", "log_prob_with_info", "LogProbResult", "dequantize",
     "GaussianMixture", "ring_mixture",
     "UNet", "UNetConfig", "UNET_PRESETS",
     "Trainer", "TrainConfig", "HostOptions", "NonFiniteLossError", "EMA",

@@ -129,7 +129,7 @@ class GaussianMixture:
         if sde is None:
             return torch.ones(1, dtype=x.dtype), torch.zeros(1, dtype=x.dtype)
         t = torch.as_tensor(t, dtype=torch.float64).reshape(-1)
-        alpha, sigma = sde._alpha_sigma(t)
+        alpha, sigma = sde.alpha_sigma(t, check=False)
         return alpha.to(x), sigma.to(x)
 
     # ------------------------------------------------------------------ as a model
@@ -138,7 +138,7 @@ class GaussianMixture:
 
         def closed_form(x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
             s = self.score(x, sde, t.to(torch.float64))
-            alpha, sigma = sde._alpha_sigma(t.to(torch.float64).reshape(-1))
+            alpha, sigma = sde.alpha_sigma(t.to(torch.float64).reshape(-1), check=False)
             alpha = append_dims(alpha.to(x.dtype), x.ndim)
             sigma = append_dims(sigma.to(x.dtype), x.ndim)
             eps = -sigma * s

@@ -21,6 +21,7 @@ holds only for this mapping).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -29,7 +30,7 @@ from torchdiffeq import odeint
 from scoregen.model import ScoreModel
 from scoregen.samplers.probability_flow import ADAPTIVE_METHODS, ProbabilityFlow
 
-__all__ = ["log_prob", "log_likelihood", "dequantize"]
+__all__ = ["log_prob", "log_prob_with_info", "LogProbResult", "log_likelihood", "dequantize"]
 
 #: Dimension up to which the divergence is computed exactly by default.
 EXACT_TRACE_MAX_DIM = 32
@@ -59,6 +60,14 @@ def _divergence(v: Tensor, x: Tensor, probe: Tensor | None) -> Tensor:
     return div
 
 
+@dataclass(frozen=True)
+class LogProbResult:
+    """What :func:`log_prob_with_info` returns: ``logp`` (B,) in nats and the NFE used."""
+
+    logp: Tensor
+    nfe: int
+
+
 def log_prob(
     model: ScoreModel,
     x0: Tensor,
@@ -72,9 +81,32 @@ def log_prob(
     t_eps: float | None = None,
     dtype: torch.dtype | None = None,
     generator: torch.Generator | None = None,
-    return_nfe: bool = False,
-) -> Tensor | tuple[Tensor, int]:
-    """``log p(x0)`` in nats per sample, (B,), by the probability-flow ODE.
+) -> Tensor:
+    """``log p(x0)`` in nats per sample, (B,); options as in :func:`log_prob_with_info`,
+    which also reports the NFE."""
+    return log_prob_with_info(model, x0, cond, exact=exact, probe=probe, method=method,
+                              rtol=rtol, atol=atol, t_eps=t_eps, dtype=dtype,
+                              generator=generator).logp
+
+
+def log_prob_with_info(
+    model: ScoreModel,
+    x0: Tensor,
+    cond: Tensor | None = None,
+    *,
+    exact: bool | None = None,
+    probe: str = "rademacher",
+    method: str = "dopri5",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    t_eps: float | None = None,
+    dtype: torch.dtype | None = None,
+    generator: torch.Generator | None = None,
+) -> LogProbResult:
+    """``log p(x0)`` in nats per sample, (B,), by the probability-flow ODE, and the NFE.
+
+    The ODE's velocity is :class:`~scoregen.samplers.ProbabilityFlow`, i.e.
+    :meth:`scoregen.ScoreModel.reverse_drift` with ``noise = 0`` (the samplers' drift).
 
     Args:
         x0: data (B, *D) in the model's data space.
@@ -129,7 +161,7 @@ def log_prob(
     x_T, delta = (s[-1] for s in odeint(joint, (x, delta0), ts, method=method,
                                         rtol=rtol, atol=atol))
     logp = sde.prior_logp(x_T) + delta
-    return (logp, flow.nfe) if return_nfe else logp
+    return LogProbResult(logp=logp, nfe=flow.nfe)
 
 
 def log_likelihood(
@@ -146,8 +178,6 @@ def log_likelihood(
     :func:`dequantize`), report bits/dim of the discrete data: adds ``log2(num_bins / 2)``.
     Other keyword arguments go to :func:`log_prob`.
     """
-    if kwargs.get("return_nfe"):
-        raise ValueError("log_likelihood returns bits/dim only; use log_prob(return_nfe=True)")
     logp = log_prob(model, x0, cond, **kwargs)  # type: ignore[arg-type]
     dim = x0[0].numel()
     bpd = -logp / (dim * math.log(2))

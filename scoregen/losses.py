@@ -204,7 +204,7 @@ def dsm_loss(
     if weighting is None:
         weighting = "sigma2" if model.prediction == "score" else "simple"
     if callable(weighting):
-        a64, s64 = model.sde._alpha_sigma(t.detach().to(torch.float64))
+        a64, s64 = model.sde.alpha_sigma(t.detach().to(torch.float64), check=False)
         lam = weighting(a64, s64).to(per_sample.dtype)
     elif weighting == "simple":
         lam = None

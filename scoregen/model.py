@@ -105,7 +105,10 @@ class ScoreModel(nn.Module):
     # ------------------------------------------------------------------ network output
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         """Raw network output (in the net's own parametrisation), guidance applied."""
-        t = as_batch_times(t, x.shape[0], x)
+        return self._guided(x, as_batch_times(t, x.shape[0], x), cond)
+
+    def _guided(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
+        """One (guided) network evaluation; ``t``: (B,) already on ``x``'s device."""
         w = self.guidance_scale
         if cond is None or w is None or w == 1:
             return self.net(x, t, cond)
@@ -118,29 +121,79 @@ class ScoreModel(nn.Module):
 
     def coeffs(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(alpha, sigma)`` at ``t``: (B,), broadcast to ``x``'s rank and dtype."""
-        alpha, sigma = self.sde._alpha_sigma(t.detach().to(torch.float64))
+        alpha, sigma = self.sde.alpha_sigma(t.detach().to(torch.float64))
         return append_dims(alpha.to(x.dtype), x.ndim), append_dims(sigma.to(x.dtype), x.ndim)
 
-    def predict(
+    def denoise(
         self,
         x: Tensor,
-        t: Tensor,
+        t: Tensor | float,
         cond: Tensor | None = None,
         *,
         alpha: Tensor | float | None = None,
         sigma: Tensor | float | None = None,
+        net_dtype: torch.dtype | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """``(eps_hat, x0_hat)`` from one network call.
+        """``(eps_hat, x0_hat)`` at ``x_t = x`` from exactly one (guided) network call.
 
-        ``x``: (B, *D); ``t``: (B,). Samplers that precomputed the schedule pass
-        ``alpha``/``sigma`` (scalars or tensors broadcastable to ``x``) to skip recomputing
-        them; otherwise they are computed from ``t``.
+        ``x``: (B, *D) in any float dtype (the integration state); ``t``: (B,) tensor (or a
+        number / 0-d tensor, broadcast). The net is called on ``x`` cast to ``net_dtype``
+        (default: ``x``'s dtype) and its output is cast back before the conversion, so
+        ``eps_hat`` and ``x0_hat`` have ``x``'s dtype. Samplers that precomputed the
+        schedule pass ``alpha``/``sigma`` (numbers or tensors broadcastable to ``x``);
+        otherwise they are computed (and ``t`` range-checked) here. ``cond`` is not
+        validated here: :func:`scoregen.sample` checks it once per call
+        (:meth:`check_cond`).
         """
-        t = as_batch_times(t, x.shape[0], x)
+        if not (torch.is_tensor(t) and t.shape == x.shape[:1] and t.device == x.device):
+            t = as_batch_times(t, x.shape[0], x)
         if alpha is None or sigma is None:
             alpha, sigma = self.coeffs(t, x)
-        out = self(x, t, cond).to(x.dtype)
+        x_in = x if net_dtype is None or net_dtype == x.dtype else x.to(net_dtype)
+        out = self._guided(x_in, t, cond)
+        if out.dtype != x.dtype:
+            out = out.to(x.dtype)
         return self.convert(out, x, alpha, sigma)
+
+    def reverse_drift(
+        self,
+        x: Tensor,
+        t: Tensor | float,
+        cond: Tensor | None = None,
+        *,
+        noise: float = 1.0,
+        coeffs: tuple[Tensor | float, Tensor | float, Tensor | float, Tensor | float]
+        | None = None,
+        net_dtype: torch.dtype | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Drift of the reverse-time dynamics, and the ``x0_hat`` of its one network call.
+
+        score_sde's ``SDE.reverse`` (Song et al. 2021, eqs. 6 and 13) as one family
+        (Zhang & Chen 2022, gDDIM, eq. 4), integrated from T down to 0:
+
+            dx = [f(t) x - (1 + noise^2)/2 g(t)^2 score(x, t)] dt + noise g(t) dw_bar
+               = [f(t) x + (1 + noise^2)/2 g(t)^2 eps_hat / sigma(t)] dt + noise g(t) dw_bar
+
+        ``noise = 1`` is the reverse SDE, ``noise = 0`` the probability-flow ODE; every
+        ``noise`` has the forward process's marginals. Returns ``(drift, x0_hat)``, both
+        (B, *D) in ``x``'s dtype; the diffusion is ``noise * g(t)``.
+
+        ``coeffs``: precomputed ``(alpha, sigma, f, g2)`` at ``t`` (numbers, or tensors
+        broadcastable to ``x``); by default computed from ``t`` (then a (B,) tensor or a
+        number).
+        """
+        if coeffs is None:
+            t = as_batch_times(t, x.shape[0], x)
+            t64 = t.detach().to(torch.float64)
+            alpha, sigma = (append_dims(v.to(x.dtype), x.ndim) for v in self.sde.alpha_sigma(t64))
+            f, g2 = (append_dims(v.to(x.dtype), x.ndim) for v in self.sde.f_g2(t64))
+        else:
+            alpha, sigma, f, g2 = coeffs
+        eps, x0 = self.denoise(x, t, cond, alpha=alpha, sigma=sigma, net_dtype=net_dtype)
+        c = (0.5 * (1.0 + noise * noise)) * g2 / sigma
+        if isinstance(f, float) and isinstance(c, float):
+            return torch.add(x * f, eps, alpha=c), x0
+        return f * x + c * eps, x0
 
     def convert(
         self, out: Tensor, x: Tensor, alpha: Tensor | float, sigma: Tensor | float
@@ -176,22 +229,22 @@ class ScoreModel(nn.Module):
     # ------------------------------------------------------------------ conveniences
     def eps(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         """Predicted noise ``eps_hat(x_t, t)``."""
-        return self.predict(x, t, cond)[0]
+        return self.denoise(x, t, cond)[0]
 
     def x0(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         """Predicted clean data ``x0_hat(x_t, t) = E[x_0 | x_t]`` (Tweedie)."""
-        return self.predict(x, t, cond)[1]
+        return self.denoise(x, t, cond)[1]
 
     def score(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         """Score ``grad_x log p_t(x) = -eps_hat / sigma(t)``."""
         t = as_batch_times(t, x.shape[0], x)
         alpha, sigma = self.coeffs(t, x)
-        eps, _ = self.predict(x, t, cond, alpha=alpha, sigma=sigma)
+        eps, _ = self.denoise(x, t, cond, alpha=alpha, sigma=sigma)
         return -eps / sigma
 
     def v(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         """Velocity ``v = alpha eps - sigma x0`` (Salimans & Ho 2022)."""
         t = as_batch_times(t, x.shape[0], x)
         alpha, sigma = self.coeffs(t, x)
-        eps, x0 = self.predict(x, t, cond, alpha=alpha, sigma=sigma)
+        eps, x0 = self.denoise(x, t, cond, alpha=alpha, sigma=sigma)
         return alpha * eps - sigma * x0

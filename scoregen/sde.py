@@ -35,8 +35,10 @@ __all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE"]
 class SDE(ABC):
     """A forward SDE ``dx = f(t) x dt + g(t) dw`` on ``t in [0, T]`` with Gaussian marginals.
 
-    Subclasses implement three float64 primitives: :meth:`_alpha_sigma`,
-    :meth:`_f_g2` and nothing else; everything else is derived here.
+    Subclasses implement two private float64 primitives, :meth:`_alpha_sigma` and
+    :meth:`_f_g2` (no validation), and may override :meth:`t_of_log_snr` with a closed
+    form; the public schedule API (:meth:`alpha_sigma`, :meth:`f_g2`, :meth:`log_snr`,
+    :meth:`t_of_log_snr`) is what every other module uses.
     """
 
     #: Final time of the forward process.
@@ -85,41 +87,78 @@ class SDE(ABC):
         return t64.clamp(0.0, self.T)
 
     # ------------------------------------------------------------------ public math
-    def marginal_coeffs(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        """``(alpha(t), sigma(t))`` with ``x_t = alpha x_0 + sigma eps``; ``t``: (B,) in [0, T]."""
-        alpha, sigma = self._alpha_sigma(self.check_times(t))
+    def _times(self, t: Tensor, check: bool) -> Tensor:
+        """float64 ``t``: validated (one host sync) or, with ``check=False``, only cast."""
+        if check:
+            return self.check_times(t)
+        if not (torch.is_tensor(t) and t.is_floating_point()):
+            raise TypeError(f"t must be a floating-point torch.Tensor, got {t!r}")
+        return t.detach().to(torch.float64)
+
+    def alpha_sigma(self, t: Tensor, *, check: bool = True) -> tuple[Tensor, Tensor]:
+        """``(alpha(t), sigma(t))`` with ``x_t = alpha x_0 + sigma eps``.
+
+        ``t``: float tensor of any shape (usually (B,)) in [0, T]; the arithmetic is float64
+        and the result has ``t``'s dtype and shape. ``check=False`` skips the range check
+        (and its host sync) for callers that validated ``t`` once already.
+        """
+        alpha, sigma = self._alpha_sigma(self._times(t, check))
         return alpha.to(t.dtype), sigma.to(t.dtype)
+
+    def f_g2(self, t: Tensor, *, check: bool = True) -> tuple[Tensor, Tensor]:
+        """``(f(t), g(t)^2)``: the forward drift is ``f(t) x``, the diffusion ``g(t) dw``."""
+        f, g2 = self._f_g2(self._times(t, check))
+        return f.to(t.dtype), g2.to(t.dtype)
+
+    def marginal_coeffs(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Same as :meth:`alpha_sigma` (the older name, kept)."""
+        return self.alpha_sigma(t)
 
     def drift_diffusion(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """``(f(t), g(t))``: the drift is ``f(t) * x`` and the diffusion coefficient ``g(t)``."""
-        f, g2 = self._f_g2(self.check_times(t))
-        return f.to(t.dtype), g2.sqrt().to(t.dtype)
+        f, g2 = self.f_g2(t)
+        return f, g2.sqrt()
 
     def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """score_sde's contract: ``(drift f(t) x, diffusion g(t))`` for ``x``: (B, *D)."""
         f, g = self.drift_diffusion(t)
         return f.reshape(-1, *([1] * (x.ndim - 1))) * x, g
 
-    def log_snr(self, t: Tensor) -> Tensor:
-        """``lambda(t) = log(alpha^2 / sigma^2)``, strictly decreasing in t."""
-        alpha, sigma = self._alpha_sigma(self.check_times(t))
-        return (2 * (alpha.log() - sigma.log())).to(t.dtype)
+    def log_snr(self, t: Tensor, *, check: bool = True) -> Tensor:
+        """``lambda(t) = log(alpha(t) / sigma(t))``, strictly decreasing in t (+inf at sigma=0).
 
-    def t_from_log_snr(self, log_snr: Tensor) -> Tensor:
-        """Invert :meth:`log_snr` by bisection on [0, T] (float64, to ~1e-15 relative).
-
-        Generic for every SDE: only the monotonicity of lambda(t) is used.
+        This is DPM-Solver's lambda (Lu et al. 2022, eq. 3.2): half the log of the
+        signal-to-noise ratio ``alpha^2 / sigma^2``; ``sigma / alpha = exp(-lambda)``.
         """
-        target = log_snr.detach().to(torch.float64)
+        alpha, sigma = self._alpha_sigma(self._times(t, check))
+        return (alpha.log() - sigma.log()).to(t.dtype)
+
+    def t_of_log_snr(self, lam: Tensor) -> Tensor:
+        """Inverse of :meth:`log_snr`: the time ``t`` in [0, T] with ``log_snr(t) = lam``.
+
+        ``lam``: float tensor of any shape; float64 arithmetic, returned in ``lam``'s dtype.
+        Values beyond ``[log_snr(T), +inf]`` are clamped to [0, T]. Subclasses invert in
+        closed form; this generic fallback bisects on [0, T] (~1e-15 relative), using only
+        the monotonicity of lambda(t).
+        """
+        target = self._lam64(lam)
         lo = torch.zeros_like(target)
         hi = torch.full_like(target, self.T)
         for _ in range(64):
             mid = 0.5 * (lo + hi)
             a, s = self._alpha_sigma(mid)
-            above = 2 * (a.log() - s.log()) > target  # lambda decreasing: go right
+            above = a.log() - s.log() > target  # lambda decreasing: go right
             lo = torch.where(above, mid, lo)
             hi = torch.where(above, hi, mid)
-        return (0.5 * (lo + hi)).to(log_snr.dtype if log_snr.is_floating_point() else torch.float64)
+        return (0.5 * (lo + hi)).to(lam.dtype)
+
+    @staticmethod
+    def _lam64(lam: Tensor) -> Tensor:
+        if not (torch.is_tensor(lam) and lam.is_floating_point()):
+            raise TypeError(f"lam must be a floating-point torch.Tensor, got {lam!r}")
+        if bool(torch.isnan(lam).any()):
+            raise ValueError("lam (a log-SNR) contains nan")
+        return lam.detach().to(torch.float64)
 
     # ------------------------------------------------------------------ prior
     def prior_sample(
@@ -247,6 +286,27 @@ class VPSDE(SDE):
         _, beta = self._integral_beta(t)
         return -0.5 * beta, beta
 
+    def _t_of_integral_beta(self, big_b: Tensor) -> Tensor:
+        """Invert ``B(t)`` exactly: the quadratic (continuous) or the piecewise-linear table."""
+        table = self._log_alphas_cumprod
+        if table is None:
+            # b t + d/2 t^2 = B  ->  t = 2B / (b + sqrt(b^2 + 2 d B)): no cancellation, d = 0 ok
+            b, d = self.beta_min, self.beta_max - self.beta_min
+            t = 2 * big_b / (b + (b * b + 2 * d * big_b).sqrt())
+        else:
+            n = self.num_steps
+            cum = -table.to(big_b.device)  # (N+1,) increasing: B at t = i/N
+            i0 = (torch.searchsorted(cum, big_b.contiguous(), right=True) - 1).clamp(0, n - 1)
+            lo, hi = cum[i0], cum[i0 + 1]
+            t = (i0 + (big_b - lo) / (hi - lo)) / n
+        return t.clamp(0.0, self.T)
+
+    def t_of_log_snr(self, lam: Tensor) -> Tensor:
+        """Exact inverse: ``alpha^2/sigma^2 = 1/(e^B - 1) = e^(2 lam)`` gives
+        ``B = softplus(-2 lam)``, then ``t = B^-1`` (quadratic, or the DDPM table)."""
+        big_b = torch.nn.functional.softplus(-2 * self._lam64(lam))
+        return self._t_of_integral_beta(big_b).to(lam.dtype)
+
     def to_dict(self) -> dict[str, Any]:
         if self._log_alphas_cumprod is not None:
             n, b0, b1 = self._ddpm_args
@@ -276,6 +336,13 @@ class SubVPSDE(VPSDE):
     def _f_g2(self, t: Tensor) -> tuple[Tensor, Tensor]:
         big_b, beta = self._integral_beta(t)
         return -0.5 * beta, beta * -torch.expm1(-2 * big_b)
+
+    def t_of_log_snr(self, lam: Tensor) -> Tensor:
+        """Exact inverse: with ``a = alpha = e^(-B/2)``, ``a / (1 - a^2) = e^lam`` gives
+        ``log a = -asinh(e^(-lam) / 2)``, i.e. ``B = 2 asinh(e^(-lam) / 2)`` (stable at
+        both ends), then ``t = B^-1``."""
+        big_b = 2 * torch.asinh(0.5 * torch.exp(-self._lam64(lam)))
+        return self._t_of_integral_beta(big_b).to(lam.dtype)
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "SubVPSDE", "beta_min": self.beta_min, "beta_max": self.beta_max}
@@ -309,6 +376,13 @@ class VESDE(SDE):
     def _f_g2(self, t: Tensor) -> tuple[Tensor, Tensor]:
         g2 = self.sigma_min**2 * (2 * self._log_r * t).exp() * 2 * self._log_r
         return torch.zeros_like(t), g2
+
+    def t_of_log_snr(self, lam: Tensor) -> Tensor:
+        """Exact inverse: ``sigma = e^(-lam)`` and ``r^(2t) = 1 + sigma^2 / s_min^2`` give
+        ``2 t log r = logaddexp(0, -2 (lam + log s_min))``."""
+        u = -2 * (self._lam64(lam) + math.log(self.sigma_min))
+        t = torch.logaddexp(torch.zeros_like(u), u) / (2 * self._log_r)
+        return t.clamp(0.0, self.T).to(lam.dtype)
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "VESDE", "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}

@@ -82,7 +82,7 @@ def test_dequantize_maps_8bit_data_uniformly_into_the_bins():
 
 def test_nfe_is_reported():
     model = sg.GaussianMixture(means=[[0.0, 0.0]]).model(sg.VPSDE())
-    _, nfe = sg.log_prob(model, torch.zeros(2, 2), return_nfe=True)
+    nfe = sg.log_prob_with_info(model, torch.zeros(2, 2)).nfe
     assert 10 < nfe < 1000
 
 

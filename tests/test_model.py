@@ -39,7 +39,7 @@ def test_every_parametrisation_recovers_eps_x0_score_and_v(sde_name, prediction)
     alpha, sigma = (c[:, None] for c in sde.marginal_coeffs(t))
     x_t = alpha * x0 + sigma * eps
     model = sg.ScoreModel(_oracle_net(sde, prediction, x0, eps), sde, prediction=prediction)
-    eps_hat, x0_hat = model.predict(x_t, t)
+    eps_hat, x0_hat = model.denoise(x_t, t)
     torch.testing.assert_close(eps_hat, eps, rtol=1e-7, atol=1e-7)
     torch.testing.assert_close(x0_hat, x0, rtol=1e-7, atol=1e-7)
     torch.testing.assert_close(model.score(x_t, t), -eps / sigma, rtol=1e-7, atol=1e-7)
@@ -102,3 +102,41 @@ class _Wrapped(torch.nn.Module):
 
     def forward(self, x, t, cond=None):
         return self.inner(x)
+
+
+def test_denoise_calls_the_net_once_in_its_dtype_and_returns_the_state_dtype():
+    sde = sg.VPSDE()
+    calls = []
+    inner = sg.GaussianMixture(means=[[0.5, -1.0]], stds=0.7).net(sde, "v")
+
+    def net(x, t, cond):
+        calls.append((x.dtype, t.dtype))
+        return inner(x, t, cond)
+
+    model = sg.ScoreModel(net, sde, prediction="v")
+    x = torch.randn(5, 2, dtype=torch.float64)
+    t = torch.full((5,), 0.4, dtype=torch.float32)
+    eps_hat, x0_hat = model.denoise(x, t, net_dtype=torch.float32)
+    assert calls == [(torch.float32, torch.float32)]
+    assert eps_hat.dtype == x0_hat.dtype == torch.float64
+    alpha, sigma = (c.item() for c in sde.alpha_sigma(torch.tensor([0.4], dtype=torch.float64)))
+    torch.testing.assert_close(alpha * x0_hat + sigma * eps_hat, x, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(model.denoise(x, 0.4)[1], model.x0(x, t.double()))
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("noise", [0.0, 1.0, 0.5], ids=["pf-ode", "reverse-sde", "between"])
+def test_reverse_drift_is_f_x_minus_half_one_plus_noise2_g2_score(sde_name, noise):
+    sde = SDES[sde_name]()
+    model = sg.GaussianMixture(means=[[1.0, 0.0], [-1.0, 2.0]], stds=0.4).model(sde)
+    x = torch.randn(7, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    t = torch.linspace(0.1, 0.9, 7, dtype=torch.float64)
+    f, g2 = (c[:, None] for c in sde.f_g2(t))
+    expected = f * x - 0.5 * (1 + noise**2) * g2 * model.score(x, t)
+    drift, x0_hat = model.reverse_drift(x, t, noise=noise)
+    torch.testing.assert_close(drift, expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(x0_hat, model.x0(x, t))
+    # the samplers pass the schedule precomputed: same numbers
+    alpha, sigma = (c[:, None] for c in sde.alpha_sigma(t))
+    again, _ = model.reverse_drift(x, t, noise=noise, coeffs=(alpha, sigma, f, g2))
+    torch.testing.assert_close(again, expected, rtol=1e-10, atol=1e-10)

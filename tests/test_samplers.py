@@ -30,7 +30,7 @@ CASES = {
     "ddim-eta1": ("ddim", {"steps": 250, "eta": 1.0}),
     "langevin": ("langevin", {"steps": 300, "n_steps_each": 5, "step_size": 0.3}),
     "euler_maruyama": ("euler_maruyama", {"steps": 500}),
-    "sde": ("sde", {"steps": 300}),
+    "torchsde": ("torchsde", {"steps": 300}),
     "ode": ("ode", {}),
     "ode-rk4": ("ode", {"method": "rk4", "steps": 40, "spacing": "quadratic"}),
     "pc": ("pc", {"steps": 300}),
@@ -196,7 +196,7 @@ def test_any_data_shape_images_included(name):
     assert ((pixels.std(0) / 0.3) - 1).abs().max() < 0.15
 
 
-def test_nfe_is_reported_and_matches_the_network_calls():
+def test_nfe_and_grid_are_reported_and_match_the_network_calls():
     calls = []
     inner = MIXTURE.net(sg.VPSDE(), "eps")
 
@@ -208,23 +208,41 @@ def test_nfe_is_reported_and_matches_the_network_calls():
     expected = {"ddim": 50, "euler_maruyama": 51}
     for name, nfe_expected in expected.items():
         calls.clear()
-        _, nfe = sg.sample(model, (4, 2), name, steps=50, return_nfe=True)
-        assert nfe == nfe_expected == len(calls)
+        res = sg.sample_with_info(model, (4, 2), name, steps=50)
+        assert isinstance(res, sg.SampleResult) and res.x.shape == (4, 2)
+        assert res.nfe == nfe_expected == len(calls)
+        torch.testing.assert_close(res.grid, sg.time_grid(model.sde, 50, t_end=res.grid[-1].item()))
     calls.clear()
-    _, nfe = sg.sample(model, (4, 2), "ode", return_nfe=True)
-    assert nfe == len(calls) + 0 and 20 < nfe < 400
+    res = sg.sample_with_info(model, (4, 2), "ode")
+    assert res.nfe == len(calls) and 20 < res.nfe < 400
+    assert res.grid.tolist() == [1.0, model.sde.t_eps]
     calls.clear()
-    _, nfe = sg.sample(model, (4, 2), "sde", steps=30, return_nfe=True)
-    assert nfe == len(calls) == 31  # torchsde's shape check is not a wasted network call
+    res = sg.sample_with_info(model, (4, 2), "torchsde", steps=30)
+    assert res.nfe == len(calls) == 31  # torchsde's shape check is not a wasted network call
 
 
-def test_progress_bar_and_callback(capsys):
+def test_samplers_return_a_plain_tensor():
+    out = sg.sample(MIXTURE.model(sg.VPSDE()), (4, 2), "ddim", steps=3)
+    assert type(out) is torch.Tensor
+    with pytest.raises(TypeError, match="return_nfe"):
+        sg.sample(MIXTURE.model(sg.VPSDE()), (4, 2), "ddim", steps=3, return_nfe=True)
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_progress_bar_and_callback_are_the_same_for_every_sampler(name, capsys):
     model = MIXTURE.model(sg.VPSDE())
     infos = []
-    sg.sample(model, (4, 2), "euler_maruyama", steps=5, progress=True, callback=infos.append)
-    assert "euler_maruyama" in capsys.readouterr().err
+    opts = {"ode": {"method": "euler"}}.get(name, {})
+    res = sg.sample_with_info(model, (4, 2), name, steps=5, progress=True,
+                              callback=infos.append, **opts)
+    assert name in capsys.readouterr().err
     assert [i["i"] for i in infos] == [0, 1, 2, 3, 4]
-    assert set(infos[0]) == {"i", "t", "t_next", "x", "x0_hat", "nfe"}
+    assert all(set(i) == {"i", "t", "t_next", "x", "x0_hat", "nfe"} for i in infos)
+    grid = res.grid.tolist()
+    assert [i["t"] for i in infos] == grid[:-1] and [i["t_next"] for i in infos] == grid[1:]
+    assert all(i["x"].shape == i["x0_hat"].shape == (4, 2) for i in infos)
+    nfes = [i["nfe"] for i in infos]
+    assert nfes == sorted(nfes) and nfes[-1] <= res.nfe
 
 
 def test_float64_integration_returns_the_input_dtype():
@@ -293,10 +311,8 @@ def test_sampler_specific_option_errors():
         sg.sample(MODEL, (4, 2), "pc", steps=5, predictor="heun")
     with pytest.raises(ValueError, match="fixed-grid method 'rk4' needs steps"):
         sg.sample(MODEL, (4, 2), "ode", method="rk4")
-    with pytest.raises(ValueError, match="adapts its own steps"):
-        sg.sample(MODEL, (4, 2), "ode", steps=10)
     with pytest.raises(ValueError, match="method must be one of"):
-        sg.sample(MODEL, (4, 2), "sde", steps=5, method="heun")
+        sg.sample(MODEL, (4, 2), "torchsde", steps=5, method="heun")
     with pytest.raises(TypeError, match="ScoreModel"):
         sg.sample(lambda x, t, c: x, (4, 2), "ddim", steps=5)
 
@@ -310,3 +326,116 @@ def test_bad_calls_leave_the_generator_untouched():
     with pytest.raises(ValueError):
         sg.sample(MODEL, (4, 2), "ddim", steps=5, spacing="cosine", generator=gen)
     assert torch.equal(gen.get_state(), state)
+
+
+# ----------------------------------------------------------------------------- grids
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_every_sampler_steps_over_the_grid_it_is_given(name):
+    sde = sg.VPSDE()
+    grid = torch.tensor([1.0, 0.6, 0.3, 0.1, 0.02], dtype=torch.float64)
+    opts = {"ode": {"method": "euler"}}.get(name, {})
+    res = sg.sample_with_info(MIXTURE.model(sde), (4, 2), name, grid=grid, **opts)
+    assert torch.equal(res.grid, grid)
+    quad = sg.sample_with_info(MIXTURE.model(sde), (4, 2), name, steps=7,
+                               spacing="quadratic", **opts)
+    assert torch.equal(quad.grid, sg.time_grid(sde, 7, "quadratic", t_end=quad.grid[-1].item()))
+
+
+# ----------------------------------------------------------------------------- batch invariance
+#: every stochastic sampler (and the deterministic ones, whose x_T must be batch-invariant)
+INVARIANCE_CASES = {
+    "ancestral": ("ancestral", {"steps": 8}),
+    "ddim-eta": ("ddim", {"steps": 8, "eta": 0.7}),
+    "ddim": ("ddim", {"steps": 8}),
+    "langevin": ("langevin", {"steps": 4, "n_steps_each": 2}),
+    "langevin-snr": ("langevin", {"steps": 4, "n_steps_each": 2, "snr": 0.1}),
+    "euler_maruyama": ("euler_maruyama", {"steps": 8}),
+    "torchsde": ("torchsde", {"steps": 8}),
+    "torchsde-srk": ("torchsde", {"steps": 4, "method": "srk"}),
+    "pc": ("pc", {"steps": 8}),
+    "pc-ancestral": ("pc", {"steps": 8, "predictor": "ancestral"}),
+    "ode-rk4": ("ode", {"steps": 4, "method": "rk4"}),
+}
+
+
+@pytest.mark.parametrize("case", list(INVARIANCE_CASES))
+def test_with_one_generator_per_sample_a_sample_does_not_depend_on_its_batch(case):
+    name, opts = INVARIANCE_CASES[case]
+    model = MIXTURE.model(sg.VPSDE())
+    gens = [torch.Generator().manual_seed(100 + i) for i in range(8)]
+    batch = sg.sample(model, (8, 2), name, generator=gens, dtype=torch.float64, **opts)
+    alone = sg.sample(model, (1, 2), name, generator=[torch.Generator().manual_seed(103)],
+                      dtype=torch.float64, **opts)
+    torch.testing.assert_close(batch[3:4], alone, rtol=1e-6, atol=1e-6)
+    other = sg.sample(model, (1, 2), name, generator=[torch.Generator().manual_seed(104)],
+                      dtype=torch.float64, **opts)
+    assert not torch.allclose(other, alone)  # the seeds matter
+
+
+def test_x_T_with_a_list_of_generators_is_each_generators_own_draw():
+    model = MIXTURE.model(sg.VPSDE())
+    seen = []
+    sg.sample(model, (3, 2), "ddim", steps=1, generator=[torch.Generator().manual_seed(i)
+                                                         for i in range(3)],
+              callback=lambda info: seen.append(info))
+    x_T = torch.cat([torch.randn(1, 2, generator=torch.Generator().manual_seed(i))
+                     for i in range(3)])
+    torch.testing.assert_close(model.x0(x_T, torch.ones(3)), seen[0]["x0_hat"])
+
+
+@pytest.mark.parametrize(
+    "generator, error, match",
+    [([torch.Generator()] * 3, ValueError, "one per sample: got 3 for a batch of 4"),
+     (42, TypeError, "list of B torch.Generators")],
+    ids=["wrong-length", "not-a-generator"],
+)
+def test_bad_generators_are_rejected(generator, error, match):
+    with pytest.raises(error, match=match):
+        sg.sample(MODEL, (4, 2), "ddim", steps=3, generator=generator)
+
+
+# ----------------------------------------------------------------------------- renamed sampler
+def test_the_old_sampler_name_sde_still_works_and_warns():
+    gen = torch.Generator().manual_seed(0)
+    with pytest.warns(DeprecationWarning, match="'sde' is deprecated.*'torchsde'"):
+        old = sg.sample(MODEL, (4, 2), "sde", steps=5, generator=gen)
+    new = sg.sample(MODEL, (4, 2), "torchsde", steps=5, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(old, new, rtol=0, atol=0)
+    with pytest.warns(DeprecationWarning, match="torchsde_sampler"):
+        fn = sg.samplers.sde
+    assert fn is sg.samplers.torchsde_sampler
+    assert "sde" not in SAMPLERS and isinstance(sg.sde, type(math))  # the module, unshadowed
+
+
+# ----------------------------------------------------------------------------- the core
+@pytest.mark.parametrize("sde_name", list(SDES))
+def test_sampling_run_tables_are_the_schedule_on_the_grid(sde_name):
+    sde = SDES[sde_name]()
+    run = sg.samplers.SamplingRun(MIXTURE.model(sde), (3, 2), name="t", steps=12,
+                                  spacing="karras")
+    grid = sg.time_grid(sde, 12, "karras")
+    assert torch.equal(run.grid, grid) and run.t == grid.tolist()
+    alpha, sigma = sde.alpha_sigma(grid)
+    f, g2 = sde.f_g2(grid)
+    for name, want in [("alpha", alpha), ("sigma", sigma), ("f", f), ("g2", g2),
+                       ("lam", sde.log_snr(grid))]:
+        assert getattr(run, name) == want.tolist(), name
+    assert run.lam[-1] == math.inf and all(a > b for a, b in zip(run.lam[1:], run.lam[:-1],
+                                                                 strict=True))
+
+
+def test_cond_and_net_checks_run_once_per_call_not_per_network_call():
+    checks, calls = [], []
+    inner = MIXTURE.net(sg.VPSDE(), "eps")
+
+    class Net:
+        def check_cond(self, x, cond):
+            checks.append(1)
+
+        def __call__(self, x, t, cond):
+            calls.append(1)
+            return inner(x, t, None)
+
+    model = sg.ScoreModel(Net(), sg.VPSDE())
+    sg.sample(model, (4, 2), "pc", steps=10, cond=torch.zeros(4, 1))
+    assert len(checks) == 1 and len(calls) == 21

@@ -100,11 +100,55 @@ def test_marginals_match_monte_carlo_simulation_of_the_forward_sde(sde, t_end):
     assert x.std().item() == pytest.approx(sigma.item(), rel=0.03)
 
 
-def test_log_snr_is_decreasing_and_inverted_by_t_from_log_snr(sde):
-    t = torch.linspace(0.01, 1, 40, dtype=torch.float64)
+def test_log_snr_is_log_alpha_over_sigma_and_decreasing(sde):
+    t = torch.linspace(sde.t_eps, sde.T, 200, dtype=torch.float64)
+    alpha, sigma = sde.alpha_sigma(t)
     lam = sde.log_snr(t)
+    torch.testing.assert_close(lam, (alpha / sigma).log(), rtol=1e-12, atol=1e-12)
     assert (lam[1:] < lam[:-1]).all()
-    torch.testing.assert_close(sde.t_from_log_snr(lam), t, rtol=1e-9, atol=1e-10)
+    assert sde.log_snr(torch.zeros(1, dtype=torch.float64)).item() == math.inf
+
+
+def test_t_of_log_snr_inverts_log_snr_exactly_across_the_interval(sde):
+    """t -> lambda -> t in float64, from t_eps to T (on the DDPM table also off its grid)."""
+    t = torch.cat([torch.linspace(sde.t_eps, sde.T, 4001, dtype=torch.float64),
+                   torch.logspace(math.log10(sde.t_eps), 0, 500, dtype=torch.float64)])
+    back = sde.t_of_log_snr(sde.log_snr(t))
+    torch.testing.assert_close(back, t, rtol=1e-12, atol=1e-14)
+    assert back.dtype == torch.float64 and back.shape == t.shape
+
+
+def test_closed_form_inverse_agrees_with_the_generic_bisection(sde):
+    lam = sde.log_snr(torch.linspace(sde.t_eps, sde.T, 300, dtype=torch.float64))
+    assert type(sde).t_of_log_snr is not SDE.t_of_log_snr  # every SDE here has a closed form
+    torch.testing.assert_close(sde.t_of_log_snr(lam), SDE.t_of_log_snr(sde, lam),
+                               rtol=1e-12, atol=1e-14)
+
+
+def test_t_of_log_snr_ends_and_clamping(sde):
+    lam = torch.tensor([math.inf, sde.log_snr(torch.tensor([sde.T], dtype=torch.float64)).item()
+                        - 5.0], dtype=torch.float64)
+    torch.testing.assert_close(sde.t_of_log_snr(lam), torch.tensor([0.0, sde.T],
+                                                                  dtype=torch.float64))
+    assert sde.t_of_log_snr(lam.float()).dtype == torch.float32
+    with pytest.raises(ValueError, match="nan"):
+        sde.t_of_log_snr(torch.tensor([float("nan")]))
+    with pytest.raises(TypeError, match="floating-point"):
+        sde.t_of_log_snr(torch.tensor([1]))
+
+
+def test_f_g2_is_the_square_of_drift_diffusion_and_check_false_skips_only_the_range(sde):
+    t = torch.linspace(0.0, 1.0, 11, dtype=torch.float64)
+    f, g2 = sde.f_g2(t)
+    f_, g = sde.drift_diffusion(t)
+    torch.testing.assert_close(f, f_)
+    torch.testing.assert_close(g2, g**2)
+    torch.testing.assert_close(sde.alpha_sigma(t), sde.marginal_coeffs(t))
+    torch.testing.assert_close(sde.alpha_sigma(t, check=False), sde.alpha_sigma(t))
+    with pytest.raises(ValueError, match="lie in"):
+        sde.alpha_sigma(torch.tensor([1.5]))
+    with pytest.raises(TypeError, match="floating-point"):
+        sde.alpha_sigma(torch.tensor([1]), check=False)
 
 
 def test_prior_logp_matches_torch_distributions(sde):

@@ -125,7 +125,7 @@ def _bayes_optimal_eps(centres):
     """The exact minimiser of the eps-DSM loss for data uniform on ``centres``."""
 
     def eps(x, t, cond=None):
-        alpha, sigma = (v.float()[:, None] for v in VPSDE()._alpha_sigma(t.double()))
+        alpha, sigma = (v.float()[:, None] for v in VPSDE().alpha_sigma(t.double()))
         logw = -((x[:, None] - alpha[:, :, None] * centres[None]) ** 2).sum(-1) / (2 * sigma**2)
         x0_hat = logw.softmax(1) @ centres  # E[x0 | x_t]
         return (x - alpha * x0_hat) / sigma

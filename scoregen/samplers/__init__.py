@@ -6,36 +6,41 @@
 | ddim             | DDIM, ``eta`` from deterministic (0) to DDPM (1)   | Song, Meng, Ermon 2020   |
 | langevin         | annealed Langevin dynamics                         | Song & Ermon 2019        |
 | euler_maruyama   | reverse-time SDE, own Euler–Maruyama loop          | Song et al. 2021         |
-| sde              | reverse-time SDE through ``torchsde.sdeint``       | Song et al. 2021         |
+| torchsde         | reverse-time SDE through ``torchsde.sdeint``       | Song et al. 2021         |
 | ode              | probability-flow ODE through ``torchdiffeq.odeint`` | Song et al. 2021        |
 | pc               | predictor–corrector (any predictor + Langevin)     | Song et al. 2021         |
 
-:func:`sample` dispatches by name through the plain dict :data:`SAMPLERS`.
+:func:`sample` dispatches by name through the plain dict :data:`SAMPLERS` and returns
+the samples as a tensor; :func:`sample_with_info` takes the same arguments and returns a
+:class:`SampleResult` ``(x, nfe, grid)``. Every sampler function returns a tensor. The
+name ``"sde"`` is a deprecated alias of ``"torchsde"`` (removed in the next release).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from scoregen.model import ScoreModel
 from scoregen.samplers.ancestral import ancestral
+from scoregen.samplers.base import Generators, SampleResult, SamplingRun, record_runs
 from scoregen.samplers.ddim import ddim
 from scoregen.samplers.euler_maruyama import euler_maruyama
 from scoregen.samplers.grids import SPACINGS, time_grid
 from scoregen.samplers.langevin import langevin
 from scoregen.samplers.predictor_corrector import pc
 from scoregen.samplers.probability_flow import ProbabilityFlow, ode
-from scoregen.samplers.reverse_sde import sde
+from scoregen.samplers.torchsde_sampler import torchsde_sampler
 
 __all__ = [
-    "SAMPLERS", "sample", "ancestral", "ddim", "langevin", "euler_maruyama", "sde", "ode",
-    "pc", "time_grid", "SPACINGS", "ProbabilityFlow",
+    "SAMPLERS", "sample", "sample_with_info", "SampleResult", "SamplingRun", "ancestral",
+    "ddim", "langevin", "euler_maruyama", "torchsde_sampler", "ode", "pc", "time_grid",
+    "SPACINGS", "ProbabilityFlow",
 ]
 
 SAMPLERS: dict[str, Callable[..., Any]] = {
@@ -43,7 +48,7 @@ SAMPLERS: dict[str, Callable[..., Any]] = {
     "ddim": ddim,
     "langevin": langevin,
     "euler_maruyama": euler_maruyama,
-    "sde": sde,
+    "torchsde": torchsde_sampler,
     "ode": ode,
     "pc": pc,
 }
@@ -55,6 +60,29 @@ def _parameters(fn: Callable[..., Any]) -> Mapping[str, inspect.Parameter]:
     return inspect.signature(fn).parameters
 
 
+#: Old sampler names still accepted for one release, with a DeprecationWarning.
+DEPRECATED_NAMES: dict[str, str] = {"sde": "torchsde"}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "sde":  # the old function name, which shadowed scoregen.sde
+        warnings.warn("scoregen.samplers.sde is deprecated; use torchsde_sampler "
+                      "(sampler name 'torchsde')", DeprecationWarning, stacklevel=2)
+        return torchsde_sampler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _resolve(sampler: str) -> Callable[..., Tensor]:
+    if sampler in DEPRECATED_NAMES:
+        new = DEPRECATED_NAMES[sampler]
+        warnings.warn(f"sampler name {sampler!r} is deprecated and will be removed in the "
+                      f"next release; use {new!r}", DeprecationWarning, stacklevel=3)
+        sampler = new
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; valid names: {', '.join(SAMPLERS)}")
+    return SAMPLERS[sampler]
+
+
 def sample(
     model: ScoreModel,
     x: Tensor | tuple[int, ...],
@@ -62,10 +90,10 @@ def sample(
     *,
     steps: int | None = None,
     cond: Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     progress: bool = False,
     **options: Any,
-) -> Tensor | tuple[Tensor, int]:
+) -> Tensor:
     """Draw samples with the sampler called ``sampler``.
 
     Args:
@@ -74,17 +102,19 @@ def sample(
             ``generator``), or x_T itself as a tensor.
         sampler: one of ``SAMPLERS``.
         steps: grid steps (noise levels for ``langevin``); ``None`` uses the sampler's
-            default (``ode`` adapts its own steps unless a fixed-grid ``method`` is given).
-        cond: condition passed to the net unchanged, (B, ...).
-        generator: a ``torch.Generator``; the same seed gives the same samples.
+            default (``ode`` adapts its own steps over one interval unless given a grid).
+        cond: condition passed to the net unchanged, (B, ...); validated once here.
+        generator: a ``torch.Generator`` for the batch, or a list of B generators (one per
+            sample: sample ``i`` then depends only on ``generator[i]``, for x_T and every
+            step's noise). The same seeds give the same samples.
         progress: show a tqdm progress bar.
-        **options: the sampler's own options (e.g. ``eta`` for ddim; see each function).
+        **options: the sampler's own options; every sampler takes ``spacing``, ``grid``,
+            ``t_end``, ``callback``, ``dtype``, ``device`` (see each function).
     Returns:
-        samples ``(B, *D)``, or ``(samples, nfe)`` with ``return_nfe=True``.
+        the samples, ``(B, *D)`` in x_T's dtype. :func:`sample_with_info` also gives the
+        NFE and the grid.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; valid names: {', '.join(SAMPLERS)}")
-    fn = SAMPLERS[sampler]
+    fn = _resolve(sampler)
     params = _parameters(fn)
     unknown = sorted(set(options) - set(params))
     if unknown:
@@ -95,3 +125,16 @@ def sample(
             raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
         options["steps"] = steps
     return fn(model, x, cond=cond, generator=generator, progress=progress, **options)
+
+
+def sample_with_info(
+    model: ScoreModel,
+    x: Tensor | tuple[int, ...],
+    sampler: str = "ddim",
+    **kwargs: Any,
+) -> SampleResult:
+    """:func:`sample` (same arguments), returning ``SampleResult(x, nfe, grid)``."""
+    with record_runs() as runs:
+        x_out = sample(model, x, sampler, **kwargs)
+    run = runs[-1]
+    return SampleResult(x=x_out, nfe=run.nfe, grid=run.grid)

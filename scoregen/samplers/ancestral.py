@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from scoregen.model import ScoreModel
-from scoregen.samplers.base import Callback, SamplingRun
+from scoregen.samplers.base import Callback, Generators, SamplingRun
 
 __all__ = ["ancestral", "ancestral_step", "VARIANCES"]
 
@@ -62,13 +62,12 @@ def ancestral(
     clip_x0: float | None = None,
     denoise: bool = True,
     cond: Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: Callback | None = None,
     progress: bool = False,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
-    return_nfe: bool = False,
-) -> Tensor | tuple[Tensor, int]:
+) -> Tensor:
     """DDPM ancestral sampling from ``x`` = x_T (B, *D) or a shape.
 
     Args:
@@ -88,4 +87,4 @@ def ancestral(
     for i in run.steps():
         x, x0 = ancestral_step(run, x, i, variance, clip_x0)
         run.report(i, x, x0)
-    return run.finish(run.final_denoise(x) if denoise else x, return_nfe)
+    return run.finish(run.final_denoise(x) if denoise else x)

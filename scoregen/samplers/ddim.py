@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from scoregen.model import ScoreModel
-from scoregen.samplers.base import Callback, SamplingRun, check_nonnegative
+from scoregen.samplers.base import Callback, Generators, SamplingRun, check_nonnegative
 
 __all__ = ["ddim", "ddim_step"]
 
@@ -56,13 +56,12 @@ def ddim(
     clip_x0: float | None = None,
     denoise: bool = True,
     cond: Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: Callback | None = None,
     progress: bool = False,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
-    return_nfe: bool = False,
-) -> Tensor | tuple[Tensor, int]:
+) -> Tensor:
     """Sample with DDIM from ``x`` = x_T (B, *D) or a shape; ``steps`` model calls.
 
     Args:
@@ -73,7 +72,7 @@ def ddim(
         denoise: when ``t_end > 0``, finish with Tweedie's x0_hat at ``t_end`` (one NFE).
         dtype: integration dtype (e.g. ``torch.float64``); the net keeps its own.
     Returns:
-        samples of x_T's shape and dtype (and the NFE if ``return_nfe``).
+        samples of x_T's shape and dtype (NFE and grid: :func:`scoregen.sample_with_info`).
     """
     eta = check_nonnegative("eta", eta)
     run = SamplingRun(model, x, name="ddim", steps=steps, spacing=spacing, t_end=t_end,
@@ -83,4 +82,4 @@ def ddim(
     for i in run.steps():
         x, x0 = ddim_step(run, x, i, eta, clip_x0)
         run.report(i, x, x0)
-    return run.finish(run.final_denoise(x) if denoise else x, return_nfe)
+    return run.finish(run.final_denoise(x) if denoise else x)

@@ -8,6 +8,9 @@ integrated backwards from ``T`` to ``t_end`` with steps ``h = t_i - t_{i+1}``:
 
     x_{i+1} = x_i - h [f(t_i) x_i - g(t_i)^2 score(x_i, t_i)] + g(t_i) sqrt(h) z_i.
 
+The drift is :meth:`scoregen.ScoreModel.reverse_drift` with ``noise = 1``, the same one
+the torchsde sampler and the probability-flow ODE (``noise = 0``) integrate.
+
 The residual noise at ``t_end`` is removed by Tweedie's formula (``denoise=True``).
 """
 
@@ -19,18 +22,17 @@ import torch
 from torch import Tensor
 
 from scoregen.model import ScoreModel
-from scoregen.samplers.base import Callback, SamplingRun
+from scoregen.samplers.base import Callback, Generators, SamplingRun
 
 __all__ = ["euler_maruyama", "euler_maruyama_step"]
 
 
 def euler_maruyama_step(run: SamplingRun, x: Tensor, i: int) -> tuple[Tensor, Tensor]:
     """One reverse-SDE Euler–Maruyama step ``t_i -> t_{i+1}``; returns ``(x_next, x0_hat)``."""
-    score, x0 = run.score(x, i)
+    drift, x0 = run.reverse_drift(x, i, noise=1.0)
     h = run.t[i] - run.t[i + 1]
-    f, g2 = run.f[i], run.g2[i]
-    x_mean = (1.0 - h * f) * x + (h * g2) * score
-    return x_mean + math.sqrt(g2 * h) * run.randn_like(x), x0
+    x_next = torch.add(x, drift, alpha=-h)
+    return x_next.add_(run.randn_like(x), alpha=math.sqrt(run.g2[i] * h)), x0
 
 
 @torch.no_grad()
@@ -44,13 +46,12 @@ def euler_maruyama(
     t_end: float | None = None,
     denoise: bool = True,
     cond: Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: Callback | None = None,
     progress: bool = False,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
-    return_nfe: bool = False,
-) -> Tensor | tuple[Tensor, int]:
+) -> Tensor:
     """Integrate the reverse SDE with our own Euler–Maruyama loop.
 
     Args:
@@ -67,4 +68,4 @@ def euler_maruyama(
     for i in run.steps():
         x, x0 = euler_maruyama_step(run, x, i)
         run.report(i, x, x0)
-    return run.finish(run.final_denoise(x) if denoise else x, return_nfe)
+    return run.finish(run.final_denoise(x) if denoise else x)

@@ -8,7 +8,8 @@ Spacings (all generic over the SDE: they use only ``log_snr`` and its inverse):
 * ``"uniform"``   — equal steps in t (DDIM's default; Song et al. 2020).
 * ``"quadratic"`` — ``t_i = t_end + (T - t_end)(1 - i/S)^2``, dense at low noise (the
   DDIM paper's CIFAR-10 choice).
-* ``"logsnr"``    — equal steps in ``log(alpha^2/sigma^2)`` (geometric in sigma/alpha).
+* ``"logsnr"``    — equal steps in ``lambda = log(alpha/sigma)`` (geometric in sigma/alpha;
+  DPM-Solver's "logSNR" grid).
 * ``"karras"``    — Karras et al. 2022 (EDM, eq. 5), rho = 7, in the noise level
   ``sigma/alpha``.
 
@@ -67,12 +68,12 @@ def time_grid(
         u = torch.linspace(0.0, 1.0, n + 1, dtype=f64)
         if spacing == "logsnr":
             lam = ends[0] + u * (ends[1] - ends[0])
-        else:  # karras: sigma/alpha = exp(-lambda/2), interpolated in sigma^(1/rho)
-            s_max, s_min = (-ends / 2).exp()
+        else:  # karras: sigma/alpha = exp(-lambda), interpolated in sigma^(1/rho)
+            s_max, s_min = (-ends).exp()
             s = (s_max ** (1 / rho) + u * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
-            lam = -2 * s.log()
-        grid = sde.t_from_log_snr(lam) if n > 0 else torch.tensor([t_start], dtype=f64)
-        grid[0], grid[-1] = t_start, lo  # exact ends despite bisection round-off
+            lam = -s.log()
+        grid = sde.t_of_log_snr(lam) if n > 0 else torch.tensor([t_start], dtype=f64)
+        grid[0], grid[-1] = t_start, lo  # exact ends despite inversion round-off
         if closes_at_zero:
             grid = torch.cat([grid, torch.zeros(1, dtype=f64)])
     if snap and sde.num_steps is not None:

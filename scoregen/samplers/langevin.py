@@ -12,7 +12,9 @@ Step sizes, two rules:
 * Signal-to-noise (``snr``): ``delta_i = 2 a_i (snr ||z|| / ||score||)^2`` with
   ``a_i = alpha(t_{i-1})^2 / alpha(t_i)^2`` (DDPM's ``1 - beta_i`` on this grid; 1 for VE).
   As in the reference implementation (score_sde), the norms are averaged over the batch:
-  per-sample norms are too noisy in low dimension (where ``||score||`` can vanish).
+  per-sample norms are too noisy in low dimension (where ``||score||`` can vanish). With
+  one generator per sample (batch-invariant sampling) the norms are per sample, so that a
+  sample does not depend on the rest of its batch.
 
 Between levels the state is rescaled, ``x <- x alpha(t_i) / alpha(t_{i-1})``: with
 ``y = x / alpha`` every SDE here is a VE process in ``y`` with noise ``sigma/alpha``, and
@@ -31,8 +33,9 @@ import math
 import torch
 from torch import Tensor
 
+from scoregen.broadcast import append_dims
 from scoregen.model import ScoreModel
-from scoregen.samplers.base import Callback, SamplingRun, check_nonnegative
+from scoregen.samplers.base import Callback, Generators, SamplingRun, check_nonnegative
 
 __all__ = ["langevin", "langevin_correct"]
 
@@ -62,9 +65,13 @@ def langevin_correct(
         score, x0 = run.score(x, i)
         z = run.randn_like(x)
         if snr is not None:
-            z_norm = z.flatten(1).norm(dim=1).mean()
-            s_norm = score.flatten(1).norm(dim=1).mean().clamp_min(1e-30)
-            delta = 2 * a_i * (snr * z_norm / s_norm) ** 2  # 0-d tensor: no host sync
+            z_norm = z.flatten(1).norm(dim=1)
+            s_norm = score.flatten(1).norm(dim=1)
+            if run.per_sample_noise:  # one generator per sample: no batch statistics either
+                z_norm, s_norm = append_dims(z_norm, x.ndim), append_dims(s_norm, x.ndim)
+            else:
+                z_norm, s_norm = z_norm.mean(), s_norm.mean()
+            delta = 2 * a_i * (snr * z_norm / s_norm.clamp_min(1e-30)) ** 2  # no host sync
             x = x + delta * score + (2 * delta).sqrt() * z
         else:
             delta = step_size * run.sigma[i] ** 2
@@ -86,13 +93,12 @@ def langevin(
     t_end: float | None = None,
     denoise: bool = True,
     cond: Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: Callback | None = None,
     progress: bool = False,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
-    return_nfe: bool = False,
-) -> Tensor | tuple[Tensor, int]:
+) -> Tensor:
     """Annealed Langevin dynamics over ``steps`` noise levels below T.
 
     Args:
@@ -116,7 +122,8 @@ def langevin(
     if snr is not None:
         snr = check_nonnegative("snr", snr)
     if t_end is None:
-        t_ncsn = float(model.sde.t_from_log_snr(torch.tensor(-2 * math.log(NCSN_SIGMA_MIN))))
+        lam = torch.tensor(-math.log(NCSN_SIGMA_MIN), dtype=torch.float64)  # sigma/alpha = e^-lam
+        t_ncsn = float(model.sde.t_of_log_snr(lam))
         t_end = max(model.sde.t_eps, t_ncsn)
     run = SamplingRun(model, x, name="langevin", steps=steps, spacing=spacing, t_end=t_end,
                       grid=grid, cond=cond, generator=generator, callback=callback,
@@ -126,4 +133,4 @@ def langevin(
         x = x * (run.alpha[i + 1] / run.alpha[i])  # keep y = x / alpha fixed across levels
         x, x0 = langevin_correct(run, x, i + 1, n_steps_each, step_size=step_size, snr=snr)
         run.report(i, x, x0)
-    return run.finish(run.final_denoise(x) if denoise else x, return_nfe)
+    return run.finish(run.final_denoise(x) if denoise else x)

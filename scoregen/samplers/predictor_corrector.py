@@ -16,7 +16,7 @@ from torch import Tensor
 
 from scoregen.model import ScoreModel
 from scoregen.samplers.ancestral import ancestral_step
-from scoregen.samplers.base import Callback, SamplingRun, check_nonnegative
+from scoregen.samplers.base import Callback, Generators, SamplingRun, check_nonnegative
 from scoregen.samplers.ddim import ddim_step
 from scoregen.samplers.euler_maruyama import euler_maruyama_step
 from scoregen.samplers.langevin import langevin_correct
@@ -50,13 +50,12 @@ def pc(
     t_end: float | None = None,
     denoise: bool = True,
     cond: Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: Callback | None = None,
     progress: bool = False,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
-    return_nfe: bool = False,
-) -> Tensor | tuple[Tensor, int]:
+) -> Tensor:
     """Predictor–corrector sampler; NFE = ``steps * (1 + n_corrector)`` (+1 for ``denoise``).
 
     Args:
@@ -93,4 +92,4 @@ def pc(
         run.report(i, x, x0)
     if step is None and corrector == "langevin":  # corrector-only ends at t_{S-1}
         x, _ = langevin_correct(run, x, run.num_steps, n_corrector, snr=snr)
-    return run.finish(run.final_denoise(x) if denoise else x, return_nfe)
+    return run.finish(run.final_denoise(x) if denoise else x)
