@@ -60,7 +60,10 @@ def test_checkpoint_holds_everything_needed_to_resume(trained):
     state = dict(ck.state)
     assert state.pop("train_seconds") > 0  # wall time in fit(), carried across resume
     assert state == {"epoch": 0, "batch_in_epoch": 3, "skipped_steps": 0,
-                     "overflow_steps": 0, "nonfinite_run": 0, "world_size": 1}
+                     "overflow_steps": 0, "nonfinite_run": 0, "world_size": 1,
+                     "first_skipped_step": None, "suspect": False,
+                     "log_rows": 4}  # run_start + 3 training rows
+    assert ck.run_id == tr.run_id and ck.meta["run"]["config_hash"] == tr.config_hash
     assert ck.meta["ema"]["num_updates"] == 3
     for k, v in tr.model.state_dict().items():
         assert torch.equal(ck.model_state()[k], v), k

@@ -454,7 +454,8 @@ def test_fit_epochs_hooks_logs_and_a_plot_drawn_by_the_hook(tmp_path):
     recs = tr.read_metrics()
     assert [r["step"] for r in recs if "event" not in r] == [2, 4, 6, 8, 10, 12, 14]
     assert [r["val_metric"] for r in recs if r.get("event") == "epoch_end"] == [0.0, 1.0, 2.0]
-    assert {"loss", "lr", "grad_norm", "it_per_s", "epoch"} <= set(recs[0])
+    assert recs[0]["event"] == "run_start" and recs[0]["run_id"] == tr.run_id
+    assert {"loss", "lr", "grad_norm", "it_per_s", "epoch"} <= set(recs[1])
     assert loss_curve(recs) == ([2, 4, 6, 8, 10, 12, 14],
                                 [r["loss"] for r in recs if "event" not in r])
     assert sorted(p.name for p in tmp_path.glob("*.png")) == []  # nothing drawn by the trainer
