@@ -249,6 +249,17 @@ class UNetConfig:
         _check_saved_sizes(data)
         return cls(**data)
 
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> UNetConfig:
+        """The preset ``UNET_PRESETS[name]`` with some fields replaced."""
+        if name not in UNET_PRESETS:
+            raise ValueError(f"unknown U-Net preset {name!r}; valid presets: {list(UNET_PRESETS)}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(overrides) - set(names))
+        if unknown:
+            raise TypeError(f"unknown UNetConfig fields {unknown}; valid fields: {names}")
+        return cls(**{**UNET_PRESETS[name], **overrides})
+
 
 # Upper bounds on the sizes a saved config may ask for, checked before anything is
 # allocated: a crafted file with base_channels 65536 would otherwise build ~150 GB of
@@ -284,17 +295,6 @@ def _check_saved_sizes(data: Mapping[str, Any]) -> None:
                 f"saved UNetConfig has {name} = {value}, above the bound {limit}: refused "
                 "before allocating (a corrupt or crafted config?)"
             )
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> UNetConfig:
-        """The preset ``UNET_PRESETS[name]`` with some fields replaced."""
-        if name not in UNET_PRESETS:
-            raise ValueError(f"unknown U-Net preset {name!r}; valid presets: {list(UNET_PRESETS)}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(overrides) - set(names))
-        if unknown:
-            raise TypeError(f"unknown UNetConfig fields {unknown}; valid fields: {names}")
-        return cls(**{**UNET_PRESETS[name], **overrides})
 
 
 class _Stage(nn.Module):
