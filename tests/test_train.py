@@ -818,3 +818,16 @@ def test_metrics_jsonl_is_strict_json_and_reads_back_non_finite_values(tmp_path)
     assert math.isnan(back["loss"]) and math.isnan(back["grad_norm"])
     assert [r["loss"] for r in tr.read_metrics() if r.get("step") == 2 and "event" not in r] \
         != [] and math.isnan(_losses(tr)[2])
+
+
+def test_on_existing_resume_makes_fit_continue_the_run_there(tmp_path):
+    """``on_existing="resume"``: fit() resumes what the folder holds, or starts fresh."""
+    first = make_trainer(tmp_path, on_existing="resume", checkpoint_every=2)
+    first.fit(make_points(), steps=4)
+    again = make_trainer(tmp_path, on_existing="resume", checkpoint_every=2)
+    assert again.fit(make_points(), steps=6)["run_id"] == first.run_id
+    assert again.resumed_from.name == "step_00000004.safetensors"
+    assert [r["step"] for r in again.read_metrics() if "event" not in r] == list(range(1, 7))
+    with pytest.raises(ValueError, match=r"on_existing must be one of \('refuse', 'resume', "
+                                         r"'overwrite'\), got 'append'"):
+        make_trainer(tmp_path, on_existing="append")

@@ -112,6 +112,19 @@ def _iso(t: float) -> str:
 
 
 
+def _warn_caller(message: str) -> None:
+    """``warnings.warn`` attributed to the first frame outside this package and
+    contextlib (the user's ``fit`` / ``resume`` call, however deep the path)."""
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and (os.path.dirname(os.path.abspath(frame.f_code.co_filename))
+                                 == here or frame.f_code.co_filename == contextlib.__file__):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, stacklevel=level + 1)
+
+
 class Trainer:
     """Train a :class:`~scoregen.ScoreModel` by denoising score matching.
 
@@ -522,8 +535,7 @@ class Trainer:
             dest = move_run_aside(self.out_dir, old_id, _RUN_FILES)
             self._file_runs.clear()
             what = "the checkpoints and log" if others else "the log (no checkpoint)"
-            warnings.warn(f"moved {what} of the previous run in {self.out_dir} to {dest}",
-                          stacklevel=4)
+            _warn_caller(f"moved {what} of the previous run in {self.out_dir} to {dest}")
         self.metrics.rows = 0
         self.metrics.append({"step": self.global_step, "event": "run_start",
                              "run_id": self.run_id, "config_hash": self.config_hash,
