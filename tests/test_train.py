@@ -570,11 +570,12 @@ def test_overwrite_moves_the_old_run_aside_and_resume_continues_the_new_one(tmp_
         new.fit(make_points(), steps=2)
     aside = tmp_path / f"previous-{old.run_id}"
     assert _names(aside) == ["step_00000002.safetensors", "step_00000004.safetensors"]
-    assert all(load_checkpoint(p).run_id == old.run_id for p in list_checkpoints(aside / "checkpoints"))
+    assert all(load_checkpoint(p).run_id == old.run_id
+               for p in list_checkpoints(aside / "checkpoints"))
     assert [r["step"] for r in MetricsLog(aside / "metrics.jsonl").read()
             if "event" not in r] == [1, 2, 3, 4]
     assert _names(tmp_path) == ["step_00000002.safetensors"]
-    assert load_checkpoint(tmp_path / "checkpoints" / "step_00000002.safetensors").run_id == new.run_id
+    assert load_checkpoint(latest_checkpoint(tmp_path / "checkpoints")).run_id == new.run_id
 
     again = make_trainer(tmp_path, lr=0.02, checkpoint_every=2)
     assert again.resume() and again.run_id == new.run_id and again.global_step == 2
@@ -748,7 +749,8 @@ def test_a_diverging_run_keeps_its_last_good_checkpoint_and_says_it_is_not_ok(tm
     assert tr.first_skipped_step == 2 and tr.skipped_steps == 11
     assert _names(tmp_path) == ["step_00000001.safetensors", "step_00000011.safetensors",
                                 "step_00000012.safetensors"]
-    assert not load_checkpoint(tmp_path / "checkpoints" / "step_00000001.safetensors").state["suspect"]
+    good = tmp_path / "checkpoints" / "step_00000001.safetensors"
+    assert not load_checkpoint(good).state["suspect"]
     assert load_checkpoint(latest_checkpoint(tmp_path / "checkpoints")).state["suspect"]
     assert result["ok"] is False
     assert result["status"].startswith(f"NOT OK: run {tr.run_id} skipped 11 step")
@@ -831,3 +833,11 @@ def test_on_existing_resume_makes_fit_continue_the_run_there(tmp_path):
     with pytest.raises(ValueError, match=r"on_existing must be one of \('refuse', 'resume', "
                                          r"'overwrite'\), got 'append'"):
         make_trainer(tmp_path, on_existing="append")
+
+
+def test_a_run_id_read_from_a_file_never_names_a_path_outside_out_dir(tmp_path):
+    from scoregen.train.run_dir import move_run_aside
+
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    dest = move_run_aside(tmp_path, "../../escape", ("metrics.jsonl",))
+    assert dest == tmp_path / "previous-unknown" and (dest / "metrics.jsonl").is_file()

@@ -34,6 +34,7 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import socket
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -50,6 +51,7 @@ __all__ = [
 ]
 
 ON_EXISTING = ("refuse", "resume", "overwrite")
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 LOCK_NAME = ".lock"
 
 try:  # POSIX; elsewhere the lock is a no-op
@@ -144,6 +146,8 @@ def move_run_aside(out_dir: Path, run_id: str | None, names: tuple[str, ...]) ->
     ``out_dir/previous-<run_id>/`` (``previous-unknown-<n>`` without an id) and return
     that folder. Each move is one ``os.replace`` (atomic); a kill between two moves
     leaves each entry either in place or moved, and running again moves the rest."""
+    if run_id is not None and not _SAFE_ID.fullmatch(run_id):
+        run_id = None  # read from a file: never let it name a path outside out_dir
     base = f"previous-{run_id}" if run_id else "previous-unknown"
     dest, n = out_dir / base, 1
     while not run_id and dest.exists() and any((dest / nm).exists() for nm in names):

@@ -509,29 +509,28 @@ class Trainer:
         own ``metrics.jsonl`` with a ``"run_start"`` row."""
         self.checkpoints.remove_partial()
         fresh = self.resumed_from is None
-        others: dict[str, str] = {}  # checkpoint name -> its run id
+        others: dict[str, str | None] = {}  # another run's checkpoint -> its run id
         for p in self.checkpoints.list():
             info = self._file_run(p)
-            if info is None:  # unreadable: another run's for a fresh one; a resumed run
-                if fresh:     # skipped it (corrupt) and will write over it
-                    others[p.name] = "unreadable"
+            if info is None:  # unreadable: someone's for a fresh run; a resumed run
+                if fresh:     # skipped it (corrupt) and writes over it
+                    others[p.name] = None
             elif not self._owns(info[0]):
-                others[p.name] = info[0] or "written before run ids"
+                others[p.name] = info[0]
         if others and (not fresh or self.on_existing != "overwrite"):
             newest = max(others)
             what = ("a fresh run here would mix its checkpoints and log with it" if fresh
                     else f"the resumed run {self.run_id} must not mix with it")
             raise ExistingRunError(
                 f"{self.out_dir} holds {len(others)} checkpoint(s) of another run (newest "
-                f"{newest}, run {others[newest]}); {what}. Continue that run with "
+                f"{newest}, run {others[newest] or 'unknown'}); {what}. Continue that run with "
                 "Trainer.resume() (--resume), write this run to another out_dir (--out), or "
                 "move the old run aside with Trainer(..., on_existing='overwrite') "
                 "(--overwrite).")
         if not fresh:
             return
-        old_id = (sorted(others.items())[-1][1] if others else self._log_run_id())
         if others or (self.metrics.path.is_file() and self.metrics.path.stat().st_size):
-            old_id = old_id if old_id and old_id[0].isdigit() else None
+            old_id = others[max(others)] if others else self._log_run_id()
             dest = move_run_aside(self.out_dir, old_id, _RUN_FILES)
             self._file_runs.clear()
             what = "the checkpoints and log" if others else "the log (no checkpoint)"
@@ -590,22 +589,17 @@ class Trainer:
             return written
 
     def _prune(self) -> list[Path]:
-        """Delete the run's own checkpoints but the newest ``keep_last``, and keep the
-        newest non-suspect one when a kept one is suspect (written once the run had
-        skipped a non-finite step: a diverging run skips, and its weights can be huge
-        yet finite, so "last good" is the last one before the first skip).
-        Checkpoints of other runs, or unreadable ones, are never deleted."""
-        mine = [(p, info[1]) for p in self.checkpoints.list()
-                if (info := self._file_run(p)) is not None and self._owns(info[0])]
-        keep = {p for p, _ in mine[-self.host.keep_last:]}
-        if any(suspect for p, suspect in mine if p in keep):
-            clean = [p for p, suspect in mine if not suspect]
-            if clean:
-                keep.add(clean[-1])
-        gone = [p for p, _ in mine if p not in keep]
-        for p in gone:
-            p.unlink(missing_ok=True)
-        return gone
+        """Keep the run's newest ``keep_last`` checkpoints (and its last good one while
+        later ones are suspect); other runs' files and unreadable ones are never deleted."""
+        def owned(p: Path) -> bool:
+            info = self._file_run(p)
+            return info is not None and self._owns(info[0])
+
+        def suspect(p: Path) -> bool:
+            info = self._file_run(p)
+            return info is not None and info[1]
+
+        return self.checkpoints.prune(self.host.keep_last, owned=owned, suspect=suspect)
 
     def _load_for_resume(self, path: str | os.PathLike | None) -> ckpt.Checkpoint | None:
         """The checkpoint to continue from: ``path``, or the newest of out_dir that loads
