@@ -13,10 +13,10 @@ into every checkpoint (``meta["run"]``) and into ``metrics.jsonl`` (a ``"run_sta
 row, and a ``"resume"`` row each time the run is continued). A resumed trainer takes
 the id of the checkpoint it continues, so a run keeps one id across kills.
 
-**One run per folder.** The trainer deletes (prunes) only checkpoints that carry its own
-run id, and a fresh run refuses a folder holding another run's checkpoints
-(:class:`ExistingRunError`) unless told to resume it or to move it aside
-(:func:`move_run_aside`: ``checkpoints/``, ``metrics.jsonl`` go to
+**One run per folder** (:class:`RunFolder`). The trainer deletes (prunes) only
+checkpoints that carry its own run id, and a fresh run refuses a folder holding another
+run's checkpoints (:class:`ExistingRunError`) unless told to resume it or to move it
+aside (:func:`move_run_aside`: ``checkpoints/``, ``metrics.jsonl`` go to
 ``out_dir/previous-<run id>/``).
 
 **The lock.** :class:`RunLock` holds an advisory ``fcntl.flock`` on ``out_dir/.lock``
@@ -40,7 +40,12 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from scoregen.train.checkpoint import CheckpointError, read_meta, run_id_of
+from scoregen.train.checkpoint_dir import CheckpointDir
+from scoregen.train.metrics_log import MetricsLog
+
 __all__ = [
+    "RunFolder",
     "RunLock",
     "OutDirInUseError",
     "ExistingRunError",
@@ -51,6 +56,7 @@ __all__ = [
 ]
 
 ON_EXISTING = ("refuse", "resume", "overwrite")
+RUN_FILES = ("checkpoints", "metrics.jsonl")  # what belongs to a run in out_dir
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 LOCK_NAME = ".lock"
 
@@ -168,3 +174,94 @@ def move_run_aside(out_dir: Path, run_id: str | None, names: tuple[str, ...]) ->
             target = dest / f"{name}.{os.getpid()}"
         os.replace(src, target)
     return dest
+
+
+class RunFolder:
+    """Which of ``out_dir``'s checkpoints are this run's, and claiming the folder.
+
+    ``run_id`` is the run's id; ``legacy`` is set when the run continues a checkpoint
+    written before run ids (then files without an id count as its own). A checkpoint's
+    run id and ``suspect`` flag are read from its header only, cached by modification time.
+    """
+
+    def __init__(self, out_dir: Path, checkpoints: CheckpointDir, metrics: MetricsLog,
+                 run_id: str) -> None:
+        self.out_dir, self.checkpoints, self.metrics = out_dir, checkpoints, metrics
+        self.run_id = run_id
+        self.legacy = False
+        self._cache: dict[str, tuple[int, str | None, bool]] = {}
+
+    def info(self, path: Path) -> tuple[str | None, bool] | None:
+        """``(run id, suspect)`` of a checkpoint; None when it cannot be read."""
+        try:
+            mtime = path.stat().st_mtime_ns
+        except OSError:
+            return None
+        hit = self._cache.get(path.name)
+        if hit is not None and hit[0] == mtime:
+            return hit[1], hit[2]
+        try:
+            meta = read_meta(path)
+        except (CheckpointError, OSError):
+            return None
+        info = (run_id_of(meta), bool((meta.get("state") or {}).get("suspect", False)))
+        self._cache[path.name] = (mtime, *info)
+        return info
+
+    def owns(self, path: Path) -> bool:
+        info = self.info(path)
+        return info is not None and (info[0] == self.run_id or (info[0] is None and self.legacy))
+
+    def is_suspect(self, path: Path) -> bool:
+        info = self.info(path)
+        return info is not None and info[1]
+
+    def own_checkpoints(self) -> list[Path]:
+        return [p for p in self.checkpoints.list() if self.owns(p)]
+
+    def prune(self, keep_last: int) -> list[Path]:
+        """Keep the run's newest ``keep_last`` checkpoints, and its last good one while
+        later ones are suspect; other runs' files and unreadable ones are never deleted."""
+        return self.checkpoints.prune(keep_last, owned=self.owns, suspect=self.is_suspect)
+
+    def claim(self, *, fresh: bool, overwrite: bool) -> tuple[Path, str] | None:
+        """Make sure the folder holds no other run's checkpoints (call with the lock held).
+
+        Raises :class:`ExistingRunError` when it does, unless ``fresh`` and ``overwrite``:
+        then they and ``metrics.jsonl`` are moved aside. A fresh run also moves aside a
+        ``metrics.jsonl`` left without any checkpoint (a run killed before its first one).
+        Returns ``(the folder things were moved to, what was moved)``, or None.
+        """
+        self.checkpoints.remove_partial()
+        others: dict[str, str | None] = {}  # another run's checkpoint -> its run id
+        for p in self.checkpoints.list():
+            info = self.info(p)
+            if info is None:  # unreadable: someone's for a fresh run; a resumed run
+                if fresh:     # skipped it (corrupt) and writes over it
+                    others[p.name] = None
+            elif not self.owns(p):
+                others[p.name] = info[0]
+        if others and not (fresh and overwrite):
+            newest = max(others)
+            what = ("a fresh run here would mix its checkpoints and log with it" if fresh
+                    else f"the resumed run {self.run_id} must not mix with it")
+            raise ExistingRunError(
+                f"{self.out_dir} holds {len(others)} checkpoint(s) of another run (newest "
+                f"{newest}, run {others[newest] or 'unknown'}); {what}. Continue that run with "
+                "Trainer.resume() (--resume), write this run to another out_dir (--out), or "
+                "move the old run aside with Trainer(..., on_existing='overwrite') "
+                "(--overwrite).")
+        log = self.metrics.path
+        if not fresh or not (others or (log.is_file() and log.stat().st_size)):
+            return None
+        old_id = others[max(others)] if others else self._log_run_id()
+        self._cache.clear()
+        what = "the checkpoints and log" if others else "the log (no checkpoint)"
+        return move_run_aside(self.out_dir, old_id, RUN_FILES), what
+
+    def _log_run_id(self) -> str | None:
+        """The run id of the ``run_start`` row of an existing metrics.jsonl, if any."""
+        for r in self.metrics.read()[:1]:
+            if r.get("event") == "run_start" and isinstance(r.get("run_id"), str):
+                return r["run_id"]
+        return None

@@ -85,9 +85,9 @@ from scoregen.train.run_dir import (
     ON_EXISTING,
     ExistingRunError,
     OutDirInUseError,
+    RunFolder,
     RunLock,
     config_hash,
-    move_run_aside,
     new_run_id,
 )
 
@@ -95,7 +95,6 @@ __all__ = ["Trainer", "NonFiniteLossError", "NonFiniteWeightsError", "ExistingRu
            "OutDirInUseError"]
 
 _END = object()
-_RUN_FILES = ("checkpoints", "metrics.jsonl")  # what belongs to a run in out_dir
 
 
 class NonFiniteLossError(RuntimeError):
@@ -259,8 +258,7 @@ class Trainer:
         self._lock = RunLock(self.out_dir)
         self._depth = 0  # nesting of _held() (the same on every rank)
         self._claimed = False
-        self._continues_legacy = False  # resumed a checkpoint written before run ids
-        self._file_runs: dict[str, tuple[int, str | None, bool]] = {}
+        self.folder = RunFolder(self.out_dir, self.checkpoints, self.metrics, self.run_id)
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(OutDirInUseError), self._lock.held(self.run_id):
@@ -374,7 +372,7 @@ class Trainer:
         bad = [n for n, v in (*(("weights", p) for p in self.model.parameters()),
                               *(("EMA", v) for v in self.ema.module.state_dict().values()))
                if v.is_floating_point() and not bool(v.isfinite().all())]
-        latest = self._own_checkpoints()
+        latest = self.folder.own_checkpoints()
         raise NonFiniteWeightsError(
             f"the run diverged: after step {self.global_step} the {' and '.join(sorted(set(bad)))} "
             f"hold NaN or inf{when}. Nothing of this state is saved; the newest checkpoint of "
@@ -478,74 +476,19 @@ class Trainer:
         if error is not None:
             raise error
 
-    def _file_run(self, path: Path) -> tuple[str | None, bool] | None:
-        """``(run id, suspect)`` of a checkpoint from its header (cached by mtime);
-        None when it cannot be read."""
-        try:
-            mtime = path.stat().st_mtime_ns
-        except OSError:
-            return None
-        hit = self._file_runs.get(path.name)
-        if hit is not None and hit[0] == mtime:
-            return hit[1], hit[2]
-        try:
-            meta = ckpt.read_meta(path)
-        except (ckpt.CheckpointError, OSError):
-            return None
-        info = (ckpt.run_id_of(meta), bool((meta.get("state") or {}).get("suspect", False)))
-        self._file_runs[path.name] = (mtime, *info)
-        return info
-
-    def _owns(self, run_id: str | None) -> bool:
-        return run_id == self.run_id or (run_id is None and self._continues_legacy)
-
-    def _own_checkpoints(self) -> list[Path]:
-        return [p for p in self.checkpoints.list()
-                if (info := self._file_run(p)) is not None and self._owns(info[0])]
-
     def _claim(self) -> None:
         """Rank 0, lock held: the folder must hold no other run's checkpoints (a fresh
         run with ``on_existing="overwrite"`` moves them aside); a fresh run starts its
         own ``metrics.jsonl`` with a ``"run_start"`` row."""
-        self.checkpoints.remove_partial()
         fresh = self.resumed_from is None
-        others: dict[str, str | None] = {}  # another run's checkpoint -> its run id
-        for p in self.checkpoints.list():
-            info = self._file_run(p)
-            if info is None:  # unreadable: someone's for a fresh run; a resumed run
-                if fresh:     # skipped it (corrupt) and writes over it
-                    others[p.name] = None
-            elif not self._owns(info[0]):
-                others[p.name] = info[0]
-        if others and (not fresh or self.on_existing != "overwrite"):
-            newest = max(others)
-            what = ("a fresh run here would mix its checkpoints and log with it" if fresh
-                    else f"the resumed run {self.run_id} must not mix with it")
-            raise ExistingRunError(
-                f"{self.out_dir} holds {len(others)} checkpoint(s) of another run (newest "
-                f"{newest}, run {others[newest] or 'unknown'}); {what}. Continue that run with "
-                "Trainer.resume() (--resume), write this run to another out_dir (--out), or "
-                "move the old run aside with Trainer(..., on_existing='overwrite') "
-                "(--overwrite).")
-        if not fresh:
-            return
-        if others or (self.metrics.path.is_file() and self.metrics.path.stat().st_size):
-            old_id = others[max(others)] if others else self._log_run_id()
-            dest = move_run_aside(self.out_dir, old_id, _RUN_FILES)
-            self._file_runs.clear()
-            what = "the checkpoints and log" if others else "the log (no checkpoint)"
-            _warn_caller(f"moved {what} of the previous run in {self.out_dir} to {dest}")
-        self.metrics.rows = 0
-        self.metrics.append({"step": self.global_step, "event": "run_start",
-                             "run_id": self.run_id, "config_hash": self.config_hash,
-                             "started": self.run_started})
-
-    def _log_run_id(self) -> str | None:
-        """The run id of the ``run_start`` row of an existing metrics.jsonl, if any."""
-        for r in self.metrics.read()[:1]:
-            if r.get("event") == "run_start" and isinstance(r.get("run_id"), str):
-                return r["run_id"]
-        return None
+        moved = self.folder.claim(fresh=fresh, overwrite=self.on_existing == "overwrite")
+        if moved is not None:
+            _warn_caller(f"moved {moved[1]} of the previous run in {self.out_dir} to {moved[0]}")
+        if fresh:
+            self.metrics.rows = 0
+            self.metrics.append({"step": self.global_step, "event": "run_start",
+                                 "run_id": self.run_id, "config_hash": self.config_hash,
+                                 "started": self.run_started})
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:
@@ -585,21 +528,8 @@ class Trainer:
                      "config_hash": self.config_hash},
             )
             if default:
-                self._prune()
+                self.folder.prune(self.host.keep_last)
             return written
-
-    def _prune(self) -> list[Path]:
-        """Keep the run's newest ``keep_last`` checkpoints (and its last good one while
-        later ones are suspect); other runs' files and unreadable ones are never deleted."""
-        def owned(p: Path) -> bool:
-            info = self._file_run(p)
-            return info is not None and self._owns(info[0])
-
-        def suspect(p: Path) -> bool:
-            info = self._file_run(p)
-            return info is not None and info[1]
-
-        return self.checkpoints.prune(self.host.keep_last, owned=owned, suspect=suspect)
 
     def _load_for_resume(self, path: str | os.PathLike | None) -> ckpt.Checkpoint | None:
         """The checkpoint to continue from: ``path``, or the newest of out_dir that loads
@@ -648,10 +578,9 @@ class Trainer:
             if ck is None:
                 return False
             self._restore(ck)
-            self.run_id = ck.run_id or self.run_id
-            self._continues_legacy = ck.run_id is None
+            self.run_id = self.folder.run_id = ck.run_id or self.run_id
+            self.folder.legacy = ck.run_id is None
             self.resumed_from = ck.path
-            self._file_runs.clear()
             self._on_main(self._claim)  # no other run's checkpoints beside it
             self._claimed = True
             st = ck.state
@@ -821,8 +750,7 @@ class Trainer:
         non-finite, from which step, and the newest checkpoint written without skips."""
         if not self.skipped_steps:
             return f"ok: run {self.run_id}, step {self.global_step}, no skipped steps"
-        clean = [p for p in self._own_checkpoints()
-                 if (info := self._file_run(p)) is not None and not info[1]]
+        clean = [p for p in self.folder.own_checkpoints() if not self.folder.is_suspect(p)]
         return (f"NOT OK: run {self.run_id} skipped {self.skipped_steps} step(s) with a "
                 f"non-finite loss or gradient (first at step {self.first_skipped_step}); "
                 f"checkpoints written after skips are suspect; the newest without: "
