@@ -841,3 +841,24 @@ def test_a_run_id_read_from_a_file_never_names_a_path_outside_out_dir(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("{}\n")
     dest = move_run_aside(tmp_path, "../../escape", ("metrics.jsonl",))
     assert dest == tmp_path / "previous-unknown" and (dest / "metrics.jsonl").is_file()
+
+
+def test_a_checkpoint_written_before_run_ids_is_refused_fresh_and_resumed_as_its_own(tmp_path):
+    """A folder of an older scoregen (checkpoints without a run id): a fresh run refuses
+    it; a resumed run adopts those files as its own (and may prune them)."""
+    from scoregen.train import ExistingRunError
+    from scoregen.train.checkpoint import save_checkpoint
+
+    tr = make_trainer(tmp_path / "src")
+    tr.fit(make_points(), steps=2)
+    old = save_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000002.safetensors",
+                          tr.model, ema=tr.ema, optimizer=tr.optimizer, step=2,
+                          train_config=tr.config.to_dict(), model_config=tr.model_config,
+                          state={"epoch": 0, "batch_in_epoch": 2})
+    assert load_checkpoint(old).run_id is None
+    with pytest.raises(ExistingRunError, match="run unknown"):
+        make_trainer(tmp_path / "run").fit(make_points(), steps=3)
+    resumed = make_trainer(tmp_path / "run", checkpoint_every=1, keep_last=1)
+    assert resumed.resume() and resumed.global_step == 2
+    resumed.fit(make_points(), steps=4)
+    assert _names(tmp_path / "run") == ["step_00000004.safetensors"]

@@ -441,14 +441,12 @@ class Trainer:
         """Hold the out_dir lock (rank 0) and, with ``claim``, make sure the folder is
         this run's (:meth:`_claim`, the first time). Call on every rank: a refusal on
         rank 0 is raised on all of them."""
-        if self._depth:
+        if self._depth:  # inside fit(): held and claimed already
             self._depth += 1
             try:
                 yield
             finally:
                 self._depth -= 1
-                if self._depth == 0:
-                    self._lock.release()
             return
         self._on_main(lambda: self._lock.acquire(self.run_id))
         self._depth = 1
@@ -463,13 +461,14 @@ class Trainer:
                 self._lock.release()
 
     def _on_main(self, fn: Callable[[], Any]) -> None:
-        """Run ``fn`` on rank 0; an OutDirInUseError / ExistingRunError it raises is
-        raised on every rank (no rank waits in a collective for one that gave up)."""
+        """Run ``fn`` on rank 0; an error it raises (OutDirInUseError, ExistingRunError,
+        an OSError moving files) is raised on every rank, so no rank waits in a collective
+        for one that gave up."""
         error: BaseException | None = None
         if self.is_main:
             try:
                 fn()
-            except (OutDirInUseError, ExistingRunError) as e:
+            except Exception as e:
                 error = e
         if self.distributed:
             error = dist_utils.broadcast_object(error)
@@ -551,9 +550,8 @@ class Trainer:
                 skipped.append(f"{p.name}: {e}")
                 continue
             if skipped:
-                warnings.warn(f"resume: skipped {len(skipped)} checkpoint(s) that do not load "
-                              f"and continued from {p.name}:\n  " + "\n  ".join(skipped),
-                              stacklevel=3)
+                _warn_caller(f"resume: skipped {len(skipped)} checkpoint(s) that do not load "
+                             f"and continued from {p.name}:\n  " + "\n  ".join(skipped))
             return ck
         if skipped:
             raise ckpt.CheckpointError(f"no checkpoint in {self.checkpoint_dir} loads:\n  "
