@@ -87,6 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--resume", action="store_true",
                        help="continue from the last checkpoint in --out")
+    train.add_argument("--overwrite", action="store_true",
+                       help="move another run found in --out aside to --out/previous-<run id>")
     ev = p.add_argument_group("evaluation")
     ev.add_argument("--sampler", choices=tuple(sg.SAMPLERS), default="ddim")
     ev.add_argument("--sampling-steps", type=int, default=50)
@@ -255,9 +257,10 @@ def train_and_evaluate(args: argparse.Namespace, out: Path, train_ds: Segmentati
         progress=progress,
     )
     trainer = sg.Trainer(model, config, out, host=host, model_config=unet_config.to_dict(),
-                         device=device)
+                         device=device, on_existing="overwrite" if args.overwrite else "refuse")
     if args.resume and trainer.resume():
-        print(f"resumed from step {trainer.global_step} (epoch {trainer.epoch})")
+        print(f"resumed from step {trainer.global_step} (epoch {trainer.epoch}), "
+              f"run {trainer.run_id}")
     train_ds.set_epoch(trainer.epoch)
     epoch_idx = random_subset(len(val_ds), args.epoch_eval_samples, args.seed + 1)
     eval_idx = random_subset(len(val_ds), args.eval_samples, args.seed)
@@ -282,8 +285,10 @@ def train_and_evaluate(args: argparse.Namespace, out: Path, train_ds: Segmentati
                   f"{args.epoch_eval_steps} {args.sampler} steps)", flush=True)
         return {"epoch_eval": row}
 
-    trainer.fit(train_ds, steps=total, batch_fn=lambda b: (b["mask"], b["image"]),
-                on_epoch_end=on_epoch_end)
+    fitted = trainer.fit(train_ds, steps=total, batch_fn=lambda b: (b["mask"], b["image"]),
+                         on_epoch_end=on_epoch_end)
+    if not fitted["ok"]:  # skipped non-finite steps: say so and exit non-zero
+        raise SystemExit(fitted["status"])
     if not trainer.is_main:  # under torchrun, rank 0 evaluates and writes the results
         return None
     plot_loss(trainer, out / "loss.png")

@@ -180,6 +180,11 @@ def dsm_loss(
         raise TypeError(f"model must be a ScoreModel, got {type(model).__name__}")
     if not torch.is_tensor(x0) or x0.ndim < 2:
         raise ValueError(f"x0 must be a tensor of shape (B, *D), got {getattr(x0, 'shape', x0)}")
+    if x0.shape[0] == 0 or x0[0].numel() == 0:
+        raise ValueError(
+            f"x0 must hold at least one sample with at least one value, got shape "
+            f"{tuple(x0.shape)}: the loss of an empty batch is undefined (a mean over nothing)"
+        )
     if not 0.0 <= p_uncond <= 1.0:
         raise ValueError(f"p_uncond must be in [0, 1], got {p_uncond}")
     if reduction not in ("mean", "none"):

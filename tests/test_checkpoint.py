@@ -60,7 +60,10 @@ def test_checkpoint_holds_everything_needed_to_resume(trained):
     state = dict(ck.state)
     assert state.pop("train_seconds") > 0  # wall time in fit(), carried across resume
     assert state == {"epoch": 0, "batch_in_epoch": 3, "skipped_steps": 0,
-                     "overflow_steps": 0, "nonfinite_run": 0, "world_size": 1}
+                     "overflow_steps": 0, "nonfinite_run": 0, "world_size": 1,
+                     "first_skipped_step": None, "suspect": False,
+                     "log_rows": 4}  # run_start + 3 training rows
+    assert ck.run_id == tr.run_id and ck.meta["run"]["config_hash"] == tr.config_hash
     assert ck.meta["ema"]["num_updates"] == 3
     for k, v in tr.model.state_dict().items():
         assert torch.equal(ck.model_state()[k], v), k
@@ -263,3 +266,122 @@ def test_weights_survive_a_save_load_cycle_exactly(trained, tmp_path):
     fresh.resume(path)
     w, v = weights(tr), weights(fresh)
     assert all(torch.equal(w[k], v[k]) for k in w)
+
+
+# ---------------------------------------------------------------------------- integrity (issue 10)
+def _flip_byte(path: Path, offset_from_end: int = 9) -> None:
+    data = bytearray(path.read_bytes())
+    data[-offset_from_end] ^= 0x01  # inside the tensor data (after the header)
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_byte_in_tensor_data_is_detected_naming_the_file(trained, tmp_path):
+    """Defect 5: a flipped byte in tensor data loaded without complaint."""
+    _, path = trained
+    bad = tmp_path / "flipped.safetensors"
+    bad.write_bytes(path.read_bytes())
+    _flip_byte(bad)
+    with pytest.raises(CheckpointError, match=r"flipped\.safetensors is corrupt: the data of "
+                                              r"\S+ does not match its checksum"):
+        load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="does not match its checksum"):
+        ckpt.read_checkpoint(bad)
+    assert load_checkpoint(path).step == 3  # the original is fine
+
+
+def test_a_changed_header_value_is_detected(trained, tmp_path):
+    """The metadata is checksummed too: a step edited in the header is refused."""
+    _, path = trained
+    raw = path.read_bytes()
+    edited = raw.replace(b'\\"step\\": 3', b'\\"step\\": 4', 1)
+    assert edited != raw
+    bad = tmp_path / "edited.safetensors"
+    bad.write_bytes(edited)
+    with pytest.raises(CheckpointError, match="metadata does not match its checksum"):
+        load_checkpoint(bad)
+
+
+def _crafted(tmp_path: Path, trained, *, sde=None, model_config=None) -> Path:
+    """A valid, checksummed checkpoint of the trained model whose header asks for more."""
+    _, path = trained
+    tensors, meta = ckpt.read_checkpoint(path)
+    if sde is not None:
+        meta["sde"] = sde
+    if model_config is not None:
+        meta["model_config"] = model_config
+    return ckpt.write_checkpoint(tmp_path / "crafted.safetensors", tensors, meta)
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@pytest.mark.parametrize("num_steps", [10**10, 0, 2.5], ids=["1e10", "zero", "float"])
+def test_a_crafted_sde_size_is_refused_before_allocating(trained, tmp_path, num_steps):
+    """Defect 5: num_steps 1e10 in the header made loading allocate ~80 GB of DDPM tables
+    (not run on the old code for that reason)."""
+    path = _crafted(tmp_path, trained, sde={"type": "VPSDE", "schedule": "ddpm",
+                                            "num_steps": num_steps, "beta_start": 1e-4,
+                                            "beta_end": 0.02})
+    before = _peak_rss_mb()
+    for load in (load_checkpoint, lambda p: load_model(p, TinyNet)):
+        with pytest.raises(ValueError, match=r"crafted\.safetensors: sde\.num_steps must be an "
+                                             r"int in \[1, 1000000\]"):
+            load(path)
+    assert _peak_rss_mb() - before < 100
+
+
+def test_a_crafted_net_size_is_refused_before_allocating(trained, tmp_path):
+    """Defect 5: a header asking for a huge net made load_model build it first (a width
+    of 10**6 is 4 TB of weights). The net is sized on the meta device against the file."""
+    from scoregen.train import CheckpointBoundsError
+
+    path = _crafted(tmp_path, trained, model_config={"dim": 2, "width": 10**6, "cond_dim": 0,
+                                                     "dropout": 0.0})
+    before = _peak_rss_mb()
+    with pytest.raises(CheckpointBoundsError, match=r"builds a net of 1,000,00\d,\d{3},\d{3} "
+                                                    r"numbers but the file holds 37\d"):
+        load_model(path, TinyNet)
+    assert _peak_rss_mb() - before < 100
+    assert isinstance(CheckpointBoundsError("x"), ValueError)
+
+
+def test_a_crafted_unet_header_is_refused_by_the_config_bounds():
+    """Defect 5: base_channels 65536 would build ~150 GB of U-Net weights."""
+    from scoregen.nn import UNetConfig
+
+    saved = UNetConfig.from_preset("tiny").to_dict()
+    assert UNetConfig.from_dict(saved) == UNetConfig.from_preset("tiny")
+    with pytest.raises(ValueError, match=r"base_channels \* max\(channel_mults\) = \d+, above "
+                                         r"the bound 8192"):
+        UNetConfig.from_dict({**saved, "base_channels": 65536})
+    with pytest.raises(ValueError, match="num_res_blocks = 100000"):
+        UNetConfig.from_dict({**saved, "num_res_blocks": 100000})
+
+
+def test_resume_falls_back_to_the_newest_checkpoint_that_loads(tmp_path):
+    """Defect 5: a corrupt latest checkpoint stopped resume() (a truncated one) or was
+    loaded as if sound (a flipped byte). Now resume() skips it, with a warning naming it."""
+    run = tmp_path / "run"
+    tr = make_trainer(run, checkpoint_every=2)
+    tr.fit(make_points(), steps=6)
+    ckdir = run / "checkpoints"
+    _flip_byte(ckdir / "step_00000006.safetensors")
+    four = ckdir / "step_00000004.safetensors"
+    four.write_bytes(four.read_bytes()[:200])  # truncated
+    resumed = make_trainer(run, checkpoint_every=2)
+    with pytest.warns(UserWarning, match=r"(?s)skipped 2 checkpoint\(s\).*continued from "
+                                         r"step_00000002.*step_00000006.safetensors: .*checksum"
+                                         r".*step_00000004.safetensors: .*truncated"):
+        assert resumed.resume()
+    assert resumed.global_step == 2 and resumed.run_id == tr.run_id
+    resumed.fit(make_points(), steps=6)  # writes over the corrupt ones
+    assert [load_checkpoint(p).step for p in list_checkpoints(ckdir)] == [2, 4, 6]
+    for name in ("step_00000002", "step_00000004", "step_00000006"):
+        _flip_byte(ckdir / f"{name}.safetensors")
+    with pytest.raises(CheckpointError, match="no checkpoint in .* loads"):
+        make_trainer(run).resume()
+    with pytest.raises(CheckpointError, match="checksum"):  # an explicit path: no fallback
+        make_trainer(run).resume(ckdir / "step_00000006.safetensors")

@@ -85,3 +85,13 @@ def test_rank0_logs_the_global_loss_and_writes_checkpoints(ddp_run, single_run):
     ck = load_checkpoint(latest_checkpoint(ddp_run / "checkpoints"))
     assert ck.step == 9 and ck.state["world_size"] == 2
     assert ck.meta["rng_ranks"] == [0, 1] and ck.rng_state(1) is not None
+
+
+def test_the_ranks_share_one_run_id_and_all_refuse_a_used_folder(ddp_run):
+    """The run id is rank 0's on every rank, kept by the resume; a fresh run on the
+    folder is refused on rank 0 and the refusal reaches rank 1 (no hang)."""
+    ids = [(ddp_run / f"rank{r}_ids.txt").read_text().split() for r in (0, 1)]
+    assert ids[0] == ids[1]
+    first, resumed, refused = ids[0]
+    assert first == resumed == load_checkpoint(latest_checkpoint(ddp_run / "checkpoints")).run_id
+    assert refused == "ExistingRunError"

@@ -219,3 +219,12 @@ def test_net_output_of_the_wrong_shape_is_reported():
     model = sg.ScoreModel(lambda x, t, c: x[:, :1], sg.VPSDE())
     with pytest.raises(ValueError, match=r"net returned shape \(4, 1\)"):
         sg.dsm_loss(model, torch.zeros(4, 2))
+
+
+def test_dsm_loss_of_an_empty_batch_is_refused():
+    """Issue 10, defect 5: an empty batch returned NaN (a mean over nothing)."""
+    model = sg.ScoreModel(lambda x, t, cond=None: torch.zeros_like(x), sg.VPSDE(), "eps")
+    with pytest.raises(ValueError, match=r"at least one sample.*got shape \(0, 2\)"):
+        sg.dsm_loss(model, torch.zeros(0, 2))
+    with pytest.raises(ValueError, match=r"got shape \(3, 0\)"):
+        sg.dsm_loss(model, torch.zeros(3, 0))

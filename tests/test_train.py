@@ -29,6 +29,7 @@ from scoregen.train.checkpoint import (
     load_checkpoint,
 )
 from scoregen.train.ema import EMA, ema_decay_at
+from scoregen.train.metrics_log import MetricsLog
 
 SCRIPTS = Path(__file__).parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
@@ -454,7 +455,8 @@ def test_fit_epochs_hooks_logs_and_a_plot_drawn_by_the_hook(tmp_path):
     recs = tr.read_metrics()
     assert [r["step"] for r in recs if "event" not in r] == [2, 4, 6, 8, 10, 12, 14]
     assert [r["val_metric"] for r in recs if r.get("event") == "epoch_end"] == [0.0, 1.0, 2.0]
-    assert {"loss", "lr", "grad_norm", "it_per_s", "epoch"} <= set(recs[0])
+    assert recs[0]["event"] == "run_start" and recs[0]["run_id"] == tr.run_id
+    assert {"loss", "lr", "grad_norm", "it_per_s", "epoch"} <= set(recs[1])
     assert loss_curve(recs) == ([2, 4, 6, 8, 10, 12, 14],
                                 [r["loss"] for r in recs if "event" not in r])
     assert sorted(p.name for p in tmp_path.glob("*.png")) == []  # nothing drawn by the trainer
@@ -528,3 +530,335 @@ def test_torch_compile(tmp_path):
     tr.fit(make_points(), steps=3)
     assert tr.global_step == 3
     assert set(tr.model.state_dict()) == set(load_checkpoint(tr.save()).model_state())
+
+
+# ---------------------------------------------------------------------------- trust (issue 10)
+# Each test below failed on the trainer before issue 10's trust fixes (named per test).
+def _names(run: Path) -> list[str]:
+    return [p.name for p in list_checkpoints(run / "checkpoints")]
+
+
+def test_fresh_run_refuses_a_folder_holding_another_runs_checkpoints(tmp_path):
+    """Defect 1: a fresh run into a used out_dir used to prune the other run's checkpoints
+    and append to its log. Now it refuses, naming resume, another out_dir and overwrite,
+    and touches nothing."""
+    from scoregen.train import ExistingRunError
+
+    first = make_trainer(tmp_path, checkpoint_every=2, keep_last=2)
+    first.fit(make_points(), steps=6)
+    before_names, before_log = _names(tmp_path), (tmp_path / "metrics.jsonl").read_text()
+    second = make_trainer(tmp_path, lr=0.5, checkpoint_every=1, keep_last=1)
+    with pytest.raises(ExistingRunError, match=r"(?s)another run.*resume\(\) \(--resume\).*"
+                                               r"another out_dir \(--out\).*--overwrite"):
+        second.fit(make_points(), steps=3)
+    assert _names(tmp_path) == before_names == ["step_00000004.safetensors",
+                                                "step_00000006.safetensors"]
+    assert (tmp_path / "metrics.jsonl").read_text() == before_log
+    with pytest.raises(ExistingRunError):
+        second.step(make_points(8))  # a manual step claims the folder too
+    assert second.global_step == 0
+
+
+def test_overwrite_moves_the_old_run_aside_and_resume_continues_the_new_one(tmp_path):
+    """Defect 1: ``on_existing="overwrite"`` moves checkpoints/ and metrics.jsonl to
+    previous-<old run id>/; a later resume continues the new run, and says which."""
+    old = make_trainer(tmp_path, checkpoint_every=2)
+    old.fit(make_points(), steps=4)
+    new = make_trainer(tmp_path, lr=0.02, checkpoint_every=2, on_existing="overwrite")
+    assert new.run_id != old.run_id
+    with pytest.warns(UserWarning, match=f"moved the checkpoints and log .*previous-{old.run_id}"):
+        new.fit(make_points(), steps=2)
+    aside = tmp_path / f"previous-{old.run_id}"
+    assert _names(aside) == ["step_00000002.safetensors", "step_00000004.safetensors"]
+    assert all(load_checkpoint(p).run_id == old.run_id
+               for p in list_checkpoints(aside / "checkpoints"))
+    assert [r["step"] for r in MetricsLog(aside / "metrics.jsonl").read()
+            if "event" not in r] == [1, 2, 3, 4]
+    assert _names(tmp_path) == ["step_00000002.safetensors"]
+    assert load_checkpoint(latest_checkpoint(tmp_path / "checkpoints")).run_id == new.run_id
+
+    again = make_trainer(tmp_path, lr=0.02, checkpoint_every=2)
+    assert again.resume() and again.run_id == new.run_id and again.global_step == 2
+    events = [r for r in again.read_metrics() if "event" in r]
+    assert [(e["event"], e["run_id"]) for e in events] == [("run_start", new.run_id),
+                                                           ("resume", new.run_id)]
+    assert events[1]["from"] == "step_00000002.safetensors"
+
+
+def test_resume_never_continues_a_folder_that_mixes_two_runs(tmp_path):
+    """Defect 1: a checkpoint of another run beside the run's own used to be resumed
+    silently (the highest step wins). Now resume names the mix."""
+    import shutil
+
+    from scoregen.train import ExistingRunError
+
+    ours = make_trainer(tmp_path / "ours", checkpoint_every=2)
+    ours.fit(make_points(), steps=4)
+    theirs = make_trainer(tmp_path / "theirs", checkpoint_every=0)
+    theirs.fit(make_points(), steps=6)
+    shutil.copy(latest_checkpoint(tmp_path / "theirs" / "checkpoints"),
+                tmp_path / "ours" / "checkpoints" / "step_00000006.safetensors")
+    with pytest.raises(ExistingRunError, match=rf"another run.*run {ours.run_id}"):
+        make_trainer(tmp_path / "ours").resume()
+
+
+def test_pruning_deletes_only_the_runs_own_checkpoints(tmp_path):
+    """Defect 1: keep_last used to keep the highest step numbers of the folder, whoever
+    wrote them. A file of another run that appears beside a live run survives its pruning."""
+    import shutil
+
+    other = make_trainer(tmp_path / "other")
+    other.fit(make_points(), steps=1)
+    tr = make_trainer(tmp_path / "run", checkpoint_every=1, keep_last=1)
+    tr.fit(make_points(), steps=2)
+    foreign = tmp_path / "run" / "checkpoints" / "step_00000099.safetensors"
+    shutil.copy(latest_checkpoint(tmp_path / "other" / "checkpoints"), foreign)
+    tr.fit(make_points(), steps=5)
+    assert _names(tmp_path / "run") == ["step_00000005.safetensors", foreign.name]
+
+
+def test_a_second_trainer_on_the_same_folder_is_refused(tmp_path):
+    """Defect 1: two trainers on one folder at once both ran and overwrote each other."""
+    from scoregen.train import OutDirInUseError
+
+    errors = []
+
+    def start_another(trainer, step, loss):
+        if step == 2:
+            intruder = make_trainer(tmp_path, on_existing="overwrite")
+            with pytest.raises(OutDirInUseError) as err:
+                intruder.fit(make_points(), steps=3)
+            errors.append(str(err.value))
+            with pytest.raises(OutDirInUseError):
+                make_trainer(tmp_path).resume()
+
+    tr = make_trainer(tmp_path, checkpoint_every=1)
+    tr.fit(make_points(), steps=3, on_step_end=start_another)
+    assert len(errors) == 1
+    assert f"pid {os.getpid()}" in errors[0] and tr.run_id in errors[0]
+    assert "--out" in errors[0]
+    assert {load_checkpoint(p).run_id for p in list_checkpoints(tmp_path / "checkpoints")} \
+        == {tr.run_id}
+    assert make_trainer(tmp_path).resume()  # released when fit returned
+
+
+def test_the_lock_of_a_killed_trainer_is_free_and_a_live_one_refuses_another_process(tmp_path):
+    """Kill inside the lock path: while train_kill.py pauses inside fit (holding the
+    lock) a second process is refused; after SIGKILL the lock is gone with the process
+    (the .lock file stays) and the run resumes, continuing the same run id."""
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(SCRIPTS) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    holder = subprocess.Popen([sys.executable, str(SCRIPTS / "train_kill.py"), str(run),
+                               "--steps", "12", "--pause-at", "4"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "PAUSED", holder.stderr.read()
+        second = subprocess.run([sys.executable, str(SCRIPTS / "train_kill.py"), str(run),
+                                 "--steps", "12", "--on-existing", "resume"],
+                                capture_output=True, text=True, env=env, timeout=120)
+        assert second.returncode == 3, second.stdout + second.stderr
+        assert second.stdout.startswith("REFUSED OutDirInUseError")
+        assert f"pid {holder.pid}" in second.stdout
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=60)
+        holder.stdout.close()
+        holder.stderr.close()
+    assert (run / ".lock").exists()
+    killed_run = load_checkpoint(latest_checkpoint(run / "checkpoints")).run_id
+    resumed = make_trainer(run, dropout=0.1, checkpoint_every=3)
+    assert resumed.resume() and resumed.global_step == 3 and resumed.run_id == killed_run
+    resumed.fit(make_points(), steps=6)
+    assert {load_checkpoint(p).run_id for p in list_checkpoints(run / "checkpoints")} \
+        == {killed_run}
+
+
+def test_a_kill_while_moving_the_old_run_aside_loses_nothing(tmp_path):
+    """Kill inside the identity path: SIGKILL after checkpoints/ was moved aside but
+    before metrics.jsonl was. Running again with overwrite finishes the move into the
+    same previous-<run id>/ and starts a clean run."""
+    run = tmp_path / "run"
+    old = make_trainer(run, checkpoint_every=2)
+    old.fit(make_points(), steps=4)
+    old_log = (run / "metrics.jsonl").read_text()
+    _run_script(str(run), "--steps", "6", "--on-existing", "overwrite", "--stall-move",
+                wait_for="MOVING")
+    aside = run / f"previous-{old.run_id}"
+    assert _names(aside) == ["step_00000002.safetensors", "step_00000004.safetensors"]
+    assert (run / "metrics.jsonl").read_text() == old_log  # not moved yet
+    new = make_trainer(run, checkpoint_every=2, on_existing="overwrite")
+    with pytest.warns(UserWarning, match=f"the log .*previous-{old.run_id}"):
+        new.fit(make_points(), steps=2)
+    assert (aside / "metrics.jsonl").read_text() == old_log
+    assert _names(aside) == ["step_00000002.safetensors", "step_00000004.safetensors"]
+    recs = new.read_metrics()
+    assert recs[0]["event"] == "run_start" and recs[0]["run_id"] == new.run_id
+    assert [r["step"] for r in recs if "event" not in r] == [1, 2]
+
+
+@pytest.mark.parametrize("field,value", [
+    ("lr", math.inf), ("lr", math.nan), ("weight_decay", math.inf), ("grad_clip", math.inf),
+    ("min_lr", math.nan), ("ema_decay", math.nan), ("betas", (0.9, math.nan)),
+], ids=["lr-inf", "lr-nan", "weight_decay-inf", "grad_clip-inf", "min_lr-nan",
+        "ema_decay-nan", "betas-nan"])
+def test_config_refuses_non_finite_numbers(field, value):
+    """Defect 2: TrainConfig(lr=inf) and weight_decay=inf were accepted."""
+    with pytest.raises(ValueError, match=f"TrainConfig.{field} must be"):
+        TrainConfig(**{field: value})
+
+
+def test_weights_made_non_finite_by_an_update_are_never_saved(tmp_path):
+    """Defect 2: an lr of inf (refused by TrainConfig now, forced here) wrote NaN into
+    every weight and EMA tensor, those checkpoints were kept and fit returned normally."""
+    from scoregen.train import NonFiniteWeightsError
+
+    tr = make_trainer(tmp_path, checkpoint_every=1, max_nonfinite=100)
+    tr.fit(make_points(), steps=2)
+    object.__setattr__(tr.config, "lr", math.inf)  # what TrainConfig(lr=inf) used to be
+    with pytest.raises(NonFiniteWeightsError, match=r"after step 3 the EMA and weights hold "
+                                                    r"NaN or inf: refusing to save"):
+        tr.fit(make_points(), steps=6)
+    assert _names(tmp_path) == ["step_00000001.safetensors", "step_00000002.safetensors"]
+    for p in list_checkpoints(tmp_path / "checkpoints"):
+        ck = load_checkpoint(p)
+        assert all(v.isfinite().all() for v in ck.tensors.values() if v.is_floating_point())
+    with pytest.raises(NonFiniteWeightsError):
+        tr.save()
+
+
+def test_weights_are_checked_after_a_skipped_step_without_a_save(tmp_path):
+    """Defect 2: with no checkpoint due, NaN weights make the next loss NaN; that skip
+    checks the weights and names the divergence at once (not after max_nonfinite skips)."""
+    from scoregen.train import NonFiniteWeightsError
+
+    tr = make_trainer(tmp_path, max_nonfinite=100, check_finite_every=0)
+    x0 = make_points(8)
+    tr.step(x0)
+    with torch.no_grad():
+        next(tr.model.parameters())[0, 0] = math.nan
+    with pytest.raises(NonFiniteWeightsError, match="after step 2 the weights hold NaN"):
+        tr.step(x0)
+
+
+def test_a_diverging_run_keeps_its_last_good_checkpoint_and_says_it_is_not_ok(tmp_path):
+    """Defect 2: lr 1e6 on the tiny MLP: from step 2 on every gradient is inf while the
+    weights stay huge but finite. keep_last used to prune the good checkpoint and keep
+    only diverged ones, and fit reported nothing."""
+    tr = make_trainer(tmp_path, lr=1e6, checkpoint_every=1, keep_last=2, max_nonfinite=1000)
+    result = tr.fit(make_points(), steps=12)
+    assert tr.first_skipped_step == 2 and tr.skipped_steps == 11
+    assert _names(tmp_path) == ["step_00000001.safetensors", "step_00000011.safetensors",
+                                "step_00000012.safetensors"]
+    good = tmp_path / "checkpoints" / "step_00000001.safetensors"
+    assert not load_checkpoint(good).state["suspect"]
+    assert load_checkpoint(latest_checkpoint(tmp_path / "checkpoints")).state["suspect"]
+    assert result["ok"] is False
+    assert result["status"].startswith(f"NOT OK: run {tr.run_id} skipped 11 step")
+    assert "first at step 2" in result["status"] and "step_00000001" in result["status"]
+    assert make_trainer(tmp_path / "fine").fit(make_points(), steps=2)["ok"] is True
+
+
+def test_resume_keeps_the_epoch_row_of_the_checkpoints_step(tmp_path):
+    """Defect 3: the epoch_end row logged at the checkpoint's own step was dropped on
+    resume (9 of 60 validation rows lost over 20 kills)."""
+    def hook(trainer, epoch):
+        return {"val": float(epoch)}
+
+    tr = make_trainer(tmp_path, checkpoint_every=5, log_every=5)  # 5 steps an epoch
+    tr.fit(make_points(), steps=10, on_epoch_end=hook)
+    at_5 = tmp_path / "checkpoints" / "step_00000005.safetensors"
+    resumed = make_trainer(tmp_path, checkpoint_every=5, log_every=5)
+    assert resumed.resume(at_5) and resumed.epoch == 1
+    assert [r["epoch"] for r in resumed.read_metrics() if r.get("event") == "epoch_end"] == [0]
+    resumed.fit(make_points(), steps=10, on_epoch_end=hook)
+    rows = resumed.read_metrics()
+    assert [(r["epoch"], r["val"]) for r in rows if r.get("event") == "epoch_end"] == [
+        (0, 0.0), (1, 1.0)]
+    assert [r["step"] for r in rows if "event" not in r] == [5, 10]
+
+
+def test_a_failing_epoch_hook_still_leaves_the_epochs_checkpoint(tmp_path):
+    """Defect 4: an exception in the epoch hook aborted fit before the epoch's checkpoint
+    was written. Now the checkpoint is written (the epoch's row records the error) and a
+    resumed run starts the next epoch: no epoch runs twice, no row is lost."""
+    calls = []
+
+    def flaky(trainer, epoch):
+        calls.append(epoch)
+        if epoch == 1 and len(calls) == 2:
+            raise RuntimeError("torch.cat(): expected a non-empty list")
+        return {"val": float(epoch)}
+
+    tr = make_trainer(tmp_path)  # checkpoint_every=0: only at the end of fit()
+    with pytest.raises(RuntimeError, match="non-empty list"):
+        tr.fit(make_points(), epochs=3, on_epoch_end=flaky)
+    ck = load_checkpoint(latest_checkpoint(tmp_path / "checkpoints"))
+    assert (ck.step, ck.state["epoch"], ck.state["batch_in_epoch"]) == (10, 2, 0)
+    resumed = make_trainer(tmp_path)
+    assert resumed.resume() and resumed.global_step == 10
+    resumed.fit(make_points(), epochs=3, on_epoch_end=flaky)
+    assert calls == [0, 1, 2]
+    rows = [r for r in resumed.read_metrics() if r.get("event") == "epoch_end"]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert rows[1]["error"] == "RuntimeError: torch.cat(): expected a non-empty list"
+
+
+def test_metrics_jsonl_is_strict_json_and_reads_back_non_finite_values(tmp_path):
+    """Defect 5: metrics.jsonl held bare NaN / Infinity tokens (not JSON)."""
+    def strict(text):
+        def refuse(token):
+            raise ValueError(f"bare {token} in metrics.jsonl")
+        return json.loads(text, parse_constant=refuse)
+
+    tr = make_trainer(tmp_path, net=NaNNet(bad={1}, width=16))
+    tr.fit(make_points(), steps=3, on_epoch_end=lambda t, e: {"inf_metric": -math.inf})
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    parsed = [strict(line) for line in lines]
+    nonfinite = [r for r in parsed if r.get("event") == "nonfinite"]
+    assert nonfinite and nonfinite[0]["loss"] == "NaN"
+    back = [r for r in tr.read_metrics() if r.get("event") == "nonfinite"][0]
+    assert math.isnan(back["loss"]) and math.isnan(back["grad_norm"])
+    assert [r["loss"] for r in tr.read_metrics() if r.get("step") == 2 and "event" not in r] \
+        != [] and math.isnan(_losses(tr)[2])
+
+
+def test_on_existing_resume_makes_fit_continue_the_run_there(tmp_path):
+    """``on_existing="resume"``: fit() resumes what the folder holds, or starts fresh."""
+    first = make_trainer(tmp_path, on_existing="resume", checkpoint_every=2)
+    first.fit(make_points(), steps=4)
+    again = make_trainer(tmp_path, on_existing="resume", checkpoint_every=2)
+    assert again.fit(make_points(), steps=6)["run_id"] == first.run_id
+    assert again.resumed_from.name == "step_00000004.safetensors"
+    assert [r["step"] for r in again.read_metrics() if "event" not in r] == list(range(1, 7))
+    with pytest.raises(ValueError, match=r"on_existing must be one of \('refuse', 'resume', "
+                                         r"'overwrite'\), got 'append'"):
+        make_trainer(tmp_path, on_existing="append")
+
+
+def test_a_run_id_read_from_a_file_never_names_a_path_outside_out_dir(tmp_path):
+    from scoregen.train.run_dir import move_run_aside
+
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    dest = move_run_aside(tmp_path, "../../escape", ("metrics.jsonl",))
+    assert dest == tmp_path / "previous-unknown" and (dest / "metrics.jsonl").is_file()
+
+
+def test_a_checkpoint_written_before_run_ids_is_refused_fresh_and_resumed_as_its_own(tmp_path):
+    """A folder of an older scoregen (checkpoints without a run id): a fresh run refuses
+    it; a resumed run adopts those files as its own (and may prune them)."""
+    from scoregen.train import ExistingRunError
+    from scoregen.train.checkpoint import save_checkpoint
+
+    tr = make_trainer(tmp_path / "src")
+    tr.fit(make_points(), steps=2)
+    old = save_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000002.safetensors",
+                          tr.model, ema=tr.ema, optimizer=tr.optimizer, step=2,
+                          train_config=tr.config.to_dict(), model_config=tr.model_config,
+                          state={"epoch": 0, "batch_in_epoch": 2})
+    assert load_checkpoint(old).run_id is None
+    with pytest.raises(ExistingRunError, match="run unknown"):
+        make_trainer(tmp_path / "run").fit(make_points(), steps=3)
+    resumed = make_trainer(tmp_path / "run", checkpoint_every=1, keep_last=1)
+    assert resumed.resume() and resumed.global_step == 2
+    resumed.fit(make_points(), steps=4)
+    assert _names(tmp_path / "run") == ["step_00000004.safetensors"]

@@ -246,6 +246,7 @@ class UNetConfig:
                 f"missing UNetConfig keys {missing}: a saved config lists every field "
                 f"(use UNetConfig.from_preset(name, **overrides) for partial ones)"
             )
+        _check_saved_sizes(data)
         return cls(**data)
 
     @classmethod
@@ -258,6 +259,42 @@ class UNetConfig:
         if unknown:
             raise TypeError(f"unknown UNetConfig fields {unknown}; valid fields: {names}")
         return cls(**{**UNET_PRESETS[name], **overrides})
+
+
+# Upper bounds on the sizes a saved config may ask for, checked before anything is
+# allocated: a crafted file with base_channels 65536 would otherwise build ~150 GB of
+# weights. The largest published diffusion U-Nets stay far below them.
+MAX_LEVEL_CHANNELS = 8192
+MAX_LEVELS = 12
+MAX_RES_BLOCKS = 64
+MAX_EMBED_DIM = 32768
+
+
+def _check_saved_sizes(data: Mapping[str, Any]) -> None:
+    """ValueError naming the field when a saved config is larger than any real U-Net."""
+    def ints(v: Any) -> list[int]:
+        vs = v if isinstance(v, (list, tuple)) else [v]
+        return [x for x in vs if isinstance(x, int) and not isinstance(x, bool)]
+
+    base, mults = ints(data.get("base_channels")), ints(data.get("channel_mults"))
+    widest = max(base or [1]) * max(mults or [1])
+    checks = [
+        ("base_channels * max(channel_mults)", widest, MAX_LEVEL_CHANNELS),
+        ("len(channel_mults)", len(data.get("channel_mults") or ()), MAX_LEVELS),
+        ("num_res_blocks", max(ints(data.get("num_res_blocks")) or [0]), MAX_RES_BLOCKS),
+        ("time_embed_dim", max(ints(data.get("time_embed_dim")) or [0]), MAX_EMBED_DIM),
+        ("attention_heads * attention_head_dim",
+         max(ints(data.get("attention_heads")) or [1])
+         * max(ints(data.get("attention_head_dim")) or [1]), MAX_LEVEL_CHANNELS),
+        ("in/out/cond_channels", max(ints([data.get(k) for k in (
+            "in_channels", "out_channels", "cond_channels")]) or [0]), MAX_LEVEL_CHANNELS),
+    ]
+    for name, value, limit in checks:
+        if value > limit:
+            raise ValueError(
+                f"saved UNetConfig has {name} = {value}, above the bound {limit}: refused "
+                "before allocating (a corrupt or crafted config?)"
+            )
 
 
 class _Stage(nn.Module):

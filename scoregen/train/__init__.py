@@ -10,12 +10,14 @@ and never the application (:mod:`scoregen.segmentation`). Its parts:
 * :mod:`~scoregen.train.metrics_log` — ``metrics.jsonl`` and the windowed loss;
 * :mod:`~scoregen.train.checkpoint` — atomic, pickle-free checkpoint files;
 * :mod:`~scoregen.train.checkpoint_dir` — the run's folder of step checkpoints (pruning);
+* :mod:`~scoregen.train.run_dir` — run identity, the out_dir lock, moving a run aside;
 * :mod:`~scoregen.train.ema` — the exponential moving average of the weights;
 * :mod:`~scoregen.train.distributed` — torchrun / DDP helpers.
 """
 
 from scoregen.train.batches import default_batch_fn
 from scoregen.train.checkpoint import (
+    CheckpointBoundsError,
     CheckpointError,
     CheckpointMismatchError,
     load_checkpoint,
@@ -25,11 +27,13 @@ from scoregen.train.checkpoint import (
 from scoregen.train.config import HostOptions, TrainConfig
 from scoregen.train.ema import EMA
 from scoregen.train.metrics_log import loss_curve
-from scoregen.train.trainer import NonFiniteLossError, Trainer
+from scoregen.train.run_dir import ExistingRunError, OutDirInUseError
+from scoregen.train.trainer import NonFiniteLossError, NonFiniteWeightsError, Trainer
 
 __all__ = [
-    "Trainer", "TrainConfig", "HostOptions", "NonFiniteLossError", "default_batch_fn", "EMA",
+    "Trainer", "TrainConfig", "HostOptions", "NonFiniteLossError", "NonFiniteWeightsError",
+    "ExistingRunError", "OutDirInUseError", "default_batch_fn", "EMA",
     "loss_curve",
     "save_checkpoint", "load_checkpoint", "load_model", "CheckpointError",
-    "CheckpointMismatchError",
+    "CheckpointMismatchError", "CheckpointBoundsError",
 ]

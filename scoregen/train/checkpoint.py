@@ -13,6 +13,15 @@ prediction type, the non-tensor parts of the optimizer and GradScaler states and
 EMA's update count. Nothing is pickled: loading parses a JSON header and raw tensor
 bytes (safetensors), so a checkpoint from an untrusted source cannot run code.
 
+Integrity: the header holds a CRC-32 of every tensor's bytes and of the metadata
+(``crc32``); :func:`read_checkpoint` recomputes them and raises
+:class:`CheckpointError` naming the file and the tensor on a mismatch (a flipped byte).
+Before anything is built from the metadata its sizes are bounded (:func:`check_bounds`:
+the SDE's ``num_steps``), and :func:`load_model` counts the parameters the saved
+``model_config`` asks for on the ``meta`` device (no memory) and refuses a config that
+needs more than the file holds, so a crafted header cannot make loading allocate
+gigabytes. Files written before checksums existed load without the check.
+
 Writes are atomic: the file is written under a temporary name in the same folder,
 ``fsync``-ed, renamed over the final name with ``os.replace`` and the folder is
 ``fsync``-ed, so a process killed at any moment leaves either the old set of
@@ -25,6 +34,7 @@ import json
 import os
 import random
 import warnings
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +61,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "CheckpointMismatchError",
+    "CheckpointBoundsError",
     "save_checkpoint",
     "load_checkpoint",
     "load_model",
@@ -64,6 +75,10 @@ __all__ = [
     "capture_rng",
     "restore_rng",
     "load_state_checked",
+    "read_meta",
+    "run_id_of",
+    "check_bounds",
+    "nonfinite_tensors",
 ]
 
 FORMAT = "scoregen-checkpoint"
@@ -76,6 +91,14 @@ class CheckpointError(RuntimeError):
 
 class CheckpointMismatchError(CheckpointError):
     """A checkpoint was saved for a model of another configuration or shape."""
+
+
+class CheckpointBoundsError(CheckpointError, ValueError):
+    """A checkpoint's metadata asks for sizes beyond any real run (refused before
+    allocating)."""
+
+
+MAX_SDE_STEPS = 1_000_000  # DDPM uses 1000; tables of this length are a few MB
 
 
 # ---------------------------------------------------------------------------- raw file IO
@@ -122,10 +145,15 @@ def write_checkpoint(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = {"format": FORMAT, "version": str(VERSION), "meta": json.dumps(meta)}
+    owned = _owned(tensors)
+    meta_text = json.dumps(meta)
+    crcs = {name: _crc(t) for name, t in owned.items()}
+    crcs[_META_CRC] = f"{zlib.crc32(meta_text.encode()):08x}"
+    header = {"format": FORMAT, "version": str(VERSION), "meta": meta_text,
+              "crc32": json.dumps(crcs)}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        save_file(_owned(tensors), str(tmp), metadata=header)
+        save_file(owned, str(tmp), metadata=header)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -134,6 +162,83 @@ def write_checkpoint(
         raise
     _fsync_dir(path.parent)
     return path
+
+
+_META_CRC = "__meta__"
+
+
+def _crc(t: Tensor) -> str:
+    """CRC-32 of a CPU tensor's bytes, 8 hex digits."""
+    data = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return f"{zlib.crc32(data):08x}"
+
+
+def _header(f: Any, path: Path) -> tuple[dict[str, Any], dict[str, str] | None]:
+    """``(meta, crcs)`` from an open safetensors file, the metadata's CRC verified."""
+    header = f.metadata() or {}
+    if header.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is a safetensors file but not a scoregen checkpoint "
+            f"(metadata format={header.get('format')!r}, expected {FORMAT!r})"
+        )
+    version = int(header.get("version", "0"))
+    if version > VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format version {version}; this scoregen reads "
+            f"up to {VERSION}: upgrade scoregen"
+        )
+    crcs = json.loads(header["crc32"]) if "crc32" in header else None
+    text = header["meta"]
+    if crcs is not None and f"{zlib.crc32(text.encode()):08x}" != crcs.get(_META_CRC):
+        raise CheckpointError(f"checkpoint {path} is corrupt: its metadata does not match "
+                              "its checksum")
+    return json.loads(text), crcs
+
+
+def _meta_error(path: Path, e: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"cannot read checkpoint {path}: truncated, corrupt or not a safetensors file "
+        f"({type(e).__name__}: {e})")
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON metadata of a checkpoint, reading only its header (cheap: used to ask a
+    file which run wrote it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return _header(f, path)[0]
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise _meta_error(path, e) from e
+
+
+def run_id_of(meta: Mapping[str, Any]) -> str | None:
+    """The run id in a checkpoint's metadata, None when it has none."""
+    run = meta.get("run")
+    rid = run.get("id") if isinstance(run, Mapping) else None
+    return rid if isinstance(rid, str) and rid else None
+
+
+def check_bounds(meta: Mapping[str, Any], path: Any = "") -> None:
+    """Raise :class:`CheckpointBoundsError` when the metadata asks for sizes no real run
+    has, before anything is built from it (``sde.num_steps``: DDPM tables)."""
+    sde = meta.get("sde")
+    n = sde.get("num_steps") if isinstance(sde, Mapping) else None
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int)
+                          or not 1 <= n <= MAX_SDE_STEPS):
+        raise CheckpointBoundsError(
+            f"checkpoint {path}: sde.num_steps must be an int in [1, {MAX_SDE_STEPS}], got "
+            f"{n!r}; refused before allocating its tables (a corrupt or crafted header?)")
+
+
+def nonfinite_tensors(tensors: Mapping[str, Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity."""
+    return [k for k, v in tensors.items()
+            if v.is_floating_point() and v.numel() and not bool(v.isfinite().all())]
 
 
 def read_checkpoint(
@@ -153,28 +258,21 @@ def read_checkpoint(
     pre = tuple(prefixes) if prefixes is not None else None
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            header = f.metadata() or {}
-            if header.get("format") != FORMAT:
-                raise CheckpointError(
-                    f"{path} is a safetensors file but not a scoregen checkpoint "
-                    f"(metadata format={header.get('format')!r}, expected {FORMAT!r})"
-                )
-            version = int(header.get("version", "0"))
-            if version > VERSION:
-                raise CheckpointError(
-                    f"{path} has checkpoint format version {version}; this scoregen reads "
-                    f"up to {VERSION}: upgrade scoregen"
-                )
-            meta = json.loads(header["meta"])
+            meta, crcs = _header(f, path)
+            check_bounds(meta, path)
             keys = [k for k in f.keys() if pre is None or k.startswith(pre)]
             tensors = {k: f.get_tensor(k) for k in keys}
     except CheckpointError:
         raise
     except Exception as e:  # safetensors raises its own error types for bad headers / sizes
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: truncated, corrupt or not a safetensors file "
-            f"({type(e).__name__}: {e})"
-        ) from e
+        raise _meta_error(path, e) from e
+    if crcs is not None:
+        bad = [k for k, t in tensors.items() if crcs.get(k) != _crc(t)]
+        if bad:
+            more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt: the data of {', '.join(bad[:5])}{more} does "
+                "not match its checksum (a damaged file; resume from an earlier checkpoint)")
     if torch.device(device).type != "cpu":
         tensors = {k: v.to(device) for k, v in tensors.items()}
     return tensors, meta
@@ -285,6 +383,7 @@ def save_checkpoint(
     rng: Mapping[int, Mapping[str, Tensor]] | None = None,
     host_options: Mapping[str, Any] | None = None,
     run_info: Mapping[str, Any] | None = None,
+    run: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a complete training checkpoint atomically to ``path``.
 
@@ -297,6 +396,8 @@ def save_checkpoint(
         host_options: ``HostOptions.to_dict()``, kept for the record (never compared).
         run_info: what the run is about, for whoever loads it (e.g. the task, image size and
             mask kind of the X-ray example); JSON.
+        run: the run's identity ``{"id", "started", "config_hash"}``
+            (:mod:`scoregen.train.run_dir`); JSON.
         state: extra JSON (the trainer's data position and counters).
         rng: per-rank RNG states ``{rank: capture_rng()}``; default this process's, as rank 0.
     """
@@ -313,6 +414,7 @@ def save_checkpoint(
         "model_config": _jsonable("model_config", plain(model_config)),
         "host_options": _jsonable("host_options", plain(host_options)),
         "run_info": _jsonable("run_info", dict(run_info or {})),
+        "run": _jsonable("run", dict(run or {})),
         "sde": model.sde.to_dict(),
         "prediction": model.prediction,
         "net_class": f"{type(model.net).__module__}.{type(model.net).__qualname__}",
@@ -366,6 +468,11 @@ class Checkpoint:
     def run_info(self) -> dict[str, Any]:
         """What the run is about (task, image size, ...); empty for older checkpoints."""
         return dict(self.meta.get("run_info") or {})
+
+    @property
+    def run_id(self) -> str | None:
+        """The id of the run that wrote it (None for checkpoints older than run ids)."""
+        return run_id_of(self.meta)
 
     @property
     def sde(self) -> SDE:
@@ -500,8 +607,28 @@ def load_model(
     if ema and "ema" not in meta:
         raise CheckpointError(f"checkpoint {path} has no EMA weights; pass ema=False")
     cfg = meta.get("model_config")
+    _check_net_size(net_factory, cfg, sum(t.numel() for t in tensors.values()), path)
     net = net_factory(**cfg) if cfg is not None else net_factory()
     model = ScoreModel(net, SDE.from_dict(meta["sde"]), meta["prediction"])
     state = {k[len(which):]: v for k, v in tensors.items()}
     load_state_checked(model, state, "EMA weights" if ema else "weights", path)
     return model.to(device if device is not None else "cpu").eval()
+
+
+def _check_net_size(factory: Callable[..., nn.Module], cfg: Mapping[str, Any] | None,
+                    have: int, path: Any) -> None:
+    """Build the net on the ``meta`` device (shapes, no memory) and refuse a saved config
+    whose net needs more numbers than the checkpoint holds: such a file cannot fit, and
+    building the net for real might allocate gigabytes first."""
+    try:
+        with torch.device("meta"):
+            probe = factory(**cfg) if cfg is not None else factory()
+    except ValueError as e:  # the factory's own bounds (e.g. UNetConfig.from_dict)
+        raise CheckpointBoundsError(f"checkpoint {path}: its model_config is refused: {e}") from e
+    except Exception:  # a factory that cannot run on "meta": no size check possible here;
+        return         # building it for real below raises its own error
+    need = sum(t.numel() for t in probe.state_dict().values())
+    if need > have:
+        raise CheckpointBoundsError(
+            f"checkpoint {path}: its model_config builds a net of {need:,} numbers but the "
+            f"file holds {have:,}; refused before allocating (a corrupt or crafted header?)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
@@ -92,8 +93,31 @@ class CheckpointDir:
     def latest(self) -> Path | None:
         return latest_checkpoint(self.path)
 
-    def prune(self, keep_last: int) -> list[Path]:
-        return prune_checkpoints(self.path, keep_last)
+    def prune(
+        self,
+        keep_last: int,
+        *,
+        owned: Callable[[Path], bool] | None = None,
+        suspect: Callable[[Path], bool] | None = None,
+    ) -> list[Path]:
+        """Delete all but the newest ``keep_last`` checkpoints; return the deleted paths.
+
+        ``owned(path)``: only checkpoints it accepts are counted or deleted (the trainer
+        passes "written by this run", so another run's files are never touched).
+        ``suspect(path)``: when a kept checkpoint is suspect, the newest one that is not
+        is kept too (the last good one of a diverging run).
+        """
+        if keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+        mine = [p for p in self.list() if owned is None or owned(p)]
+        keep = set(mine[-keep_last:])
+        if suspect is not None and any(suspect(p) for p in keep):
+            clean = [p for p in mine if not suspect(p)]
+            keep.update(clean[-1:])
+        gone = [p for p in mine if p not in keep]
+        for p in gone:
+            p.unlink(missing_ok=True)
+        return gone
 
     def remove_partial(self) -> list[Path]:
         return remove_partial_checkpoints(self.path)

@@ -50,6 +50,12 @@ def _checker(obj: Any) -> tuple[Any, Any]:
     return check, pos_int
 
 
+def _is_finite_number(v: Any) -> bool:
+    """A real, finite int or float (not a bool): ``inf`` / ``nan`` in ``lr`` or
+    ``weight_decay`` would write NaN into every weight at the first update."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _refuse_fields_of(other: type, cls: type, kwargs: Mapping[str, Any]) -> None:
     """A TypeError that says where a field of the other half goes (before the dataclass's
     own "unexpected keyword argument")."""
@@ -104,7 +110,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check, pos_int = _checker(self)
-        check(isinstance(self.lr, (int, float)) and self.lr > 0, "lr", "a positive number")
+        for name in ("lr", "min_lr", "weight_decay", "ema_decay", "p_uncond"):
+            check(_is_finite_number(getattr(self, name)), name, "a finite number")
+        check(self.grad_clip is None or _is_finite_number(self.grad_clip), "grad_clip",
+              "None or a finite number")
+        check(self.lr > 0, "lr", "a positive number")
         check(0 <= self.min_lr <= self.lr, "min_lr", "in [0, lr]")
         for name in ("max_steps", "batch_size"):
             pos_int(name)
@@ -113,7 +123,8 @@ class TrainConfig:
         check(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"one of {LR_SCHEDULES}")
         check(self.precision in PRECISIONS, "precision", f"one of {PRECISIONS}")
         check(self.weight_decay >= 0, "weight_decay", ">= 0")
-        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas",
+        check(len(self.betas) == 2 and all(_is_finite_number(b) and 0 <= b < 1
+                                            for b in self.betas), "betas",
               "two numbers in [0, 1)")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         check(self.grad_clip is None or self.grad_clip > 0, "grad_clip", "None or > 0")
@@ -164,6 +175,8 @@ class HostOptions:
     keep_last: int = 3  # checkpoints kept in out_dir/checkpoints
     log_every: int = 50  # steps between metrics.jsonl lines
     max_nonfinite: int = 10  # consecutive skipped (non-finite) steps before stopping
+    check_finite_every: int = 50  # steps between weight / EMA finiteness checks; 0: only
+    #                               after a skipped step and before every save
     num_workers: int = 0  # DataLoader workers when fit() gets a Dataset
     find_unused_parameters: bool = False  # passed to DistributedDataParallel
     progress: bool = True  # tqdm bar on rank 0
@@ -176,7 +189,7 @@ class HostOptions:
         check, pos_int = _checker(self)
         for name in ("keep_last", "log_every", "max_nonfinite"):
             pos_int(name)
-        for name in ("checkpoint_every", "num_workers"):
+        for name in ("checkpoint_every", "num_workers", "check_finite_every"):
             pos_int(name, zero=True)
         for name in ("compile", "channels_last", "find_unused_parameters", "progress"):
             check(isinstance(getattr(self, name), bool), name, "a bool")

@@ -5,6 +5,15 @@ Lines are appended by rank 0 only. Two kinds: a training line every ``log_every`
 mean of the finite losses of the window) and event lines with an ``"event"`` key
 (``"epoch_end"`` with what the epoch hook returned, ``"nonfinite"``). Plotting is the
 caller's: :func:`loss_curve` gives the points.
+
+The file is strict JSON: a non-finite float (a NaN loss, an infinite gradient norm) is
+written as the string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"`` (what Python's
+``json`` would otherwise write as a bare, non-standard token) and :meth:`MetricsLog.read`
+turns those three strings back into floats.
+
+Resume keeps exactly the rows written before the checkpoint: the trainer stores the
+number of rows of the log in each checkpoint and :meth:`MetricsLog.truncate` keeps that
+many (older checkpoints without the count: every row of a step up to the checkpoint's).
 """
 
 from __future__ import annotations
@@ -18,7 +27,35 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricsLog", "LossWindow", "loss_curve"]
+__all__ = ["MetricsLog", "LossWindow", "loss_curve", "strict_json"]
+
+_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _finite_or_name(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "NaN" if math.isnan(obj) else ("Infinity" if obj > 0 else "-Infinity")
+    if isinstance(obj, Mapping):
+        return {k: _finite_or_name(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_name(v) for v in obj]
+    return obj
+
+
+def _names_to_floats(obj: Any) -> Any:
+    if isinstance(obj, str):
+        return _NONFINITE.get(obj, obj)
+    if isinstance(obj, dict):
+        return {k: _names_to_floats(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_names_to_floats(v) for v in obj]
+    return obj
+
+
+def strict_json(record: Mapping[str, Any]) -> str:
+    """One line of standard JSON: non-finite floats become ``"NaN"`` / ``"Infinity"`` /
+    ``"-Infinity"`` strings (no bare tokens, which strict parsers reject)."""
+    return json.dumps(_finite_or_name(dict(record)), allow_nan=False)
 
 
 class MetricsLog:
@@ -27,35 +64,47 @@ class MetricsLog:
     def __init__(self, path: str | os.PathLike, *, enabled: bool = True) -> None:
         self.path = Path(path)
         self.enabled = enabled
+        self.rows = 0  # rows this log holds for the current run (set by truncate / reset)
 
     def append(self, record: Mapping[str, Any]) -> None:
-        """Append one JSON line (a no-op where not ``enabled``)."""
+        """Append one strict-JSON line (a no-op where not ``enabled``)."""
         if not self.enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
-            f.write(json.dumps(dict(record)) + "\n")
+            f.write(strict_json(record) + "\n")
+        self.rows += 1
 
     def read(self) -> list[dict[str, Any]]:
-        """The records (unparsable lines from a killed writer skipped)."""
+        """The records, ``"NaN"`` / ``"Infinity"`` read back as floats (unparsable lines
+        from a killed writer skipped)."""
         if not self.path.is_file():
             return []
         out = []
         for line in self.path.read_text().splitlines():
             with contextlib.suppress(json.JSONDecodeError):
-                out.append(json.loads(line))
+                out.append(_names_to_floats(json.loads(line)))
         return out
 
-    def truncate(self, step: int) -> None:
+    def truncate(self, step: int, rows: int | None = None) -> None:
         """Drop the lines written after the checkpoint of ``step`` (by a run that was then
-        killed): training lines of later steps and event lines of ``step`` or later."""
+        killed). ``rows``: the number of rows the log held when the checkpoint was written
+        (kept exactly); None (a checkpoint older than the count): keep every row of a
+        step up to ``step``, events included."""
         if not self.enabled:
             return
-        keep = [r for r in self.read()
-                if r.get("step", 0) < step or (r.get("step") == step and "event" not in r)]
+        records = self.read()
+        keep = records[:rows] if rows is not None else [
+            r for r in records if _step_of(r) <= step]
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        tmp.write_text("".join(strict_json(r) + "\n" for r in keep))
         os.replace(tmp, self.path)
+        self.rows = len(keep)
+
+
+def _step_of(record: Mapping[str, Any]) -> int:
+    s = record.get("step", 0)
+    return s if isinstance(s, int) else 0
 
 
 class LossWindow:
@@ -87,5 +136,6 @@ class LossWindow:
 def loss_curve(records: list[Mapping[str, Any]]) -> tuple[list[int], list[float]]:
     """``(steps, losses)`` of the finite training lines of ``records`` (for a plot)."""
     pts = [(int(r["step"]), float(r["loss"])) for r in records
-           if "event" not in r and "loss" in r and math.isfinite(r["loss"])]
+           if "event" not in r and isinstance(r.get("loss"), (int, float))
+           and math.isfinite(r["loss"])]
     return [s for s, _ in pts], [v for _, v in pts]

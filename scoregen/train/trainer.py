@@ -15,7 +15,22 @@ One optimisation step (:meth:`Trainer.step`) on a local batch ``x0: (B, *D)``:
 5. if the loss (averaged over ranks) or the gradient norm is not finite the update is
    skipped — no optimizer or EMA change — and counted; ``HostOptions.max_nonfinite``
    skips in a row stop training with :class:`NonFiniteLossError` naming the step;
-6. AdamW update, then the EMA update (:class:`scoregen.EMA`).
+6. AdamW update, then the EMA update (:class:`scoregen.EMA`);
+7. every ``HostOptions.check_finite_every`` steps, after every skipped step and always
+   before a save, the weights and the EMA are checked to be finite (one float64 sum per
+   tensor, a single host sync; measured on one CPU thread: 0.1 ms on the tests' tiny MLP,
+   ~6 % of its 1.7 ms step, and 6 ms on the ``"tiny"`` U-Net preset, ~10 % of its 62 ms
+   step, hence every 50 steps by default: under 0.2 %); a non-finite value raises
+   :class:`NonFiniteWeightsError` and nothing of it is saved.
+
+Trust in the folder (:mod:`~scoregen.train.run_dir`): every run has a run id, written
+into its checkpoints and ``metrics.jsonl``; a fresh run refuses an ``out_dir`` holding
+another run's checkpoints (``on_existing``: ``"refuse"``, ``"resume"`` or
+``"overwrite"``, which moves the old run aside); pruning deletes only the run's own
+checkpoints and never the last one written before the run's first skipped step while
+later ones are kept ("suspect": a diverging run skips steps while its weights grow huge
+yet finite); ``fit``, ``save`` and ``resume`` hold an advisory lock on the
+folder, so a second trainer there fails with :class:`OutDirInUseError`.
 
 :meth:`Trainer.fit` feeds batches (:mod:`~scoregen.train.batches`), logs (tqdm bar,
 ``metrics.jsonl``: :mod:`~scoregen.train.metrics_log`), calls per-epoch hooks and writes
@@ -34,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import json
 import math
 import os
@@ -65,14 +81,47 @@ from scoregen.train.checkpoint_dir import CheckpointDir
 from scoregen.train.config import HostOptions, TrainConfig
 from scoregen.train.ema import EMA
 from scoregen.train.metrics_log import LossWindow, MetricsLog
+from scoregen.train.run_dir import (
+    ON_EXISTING,
+    ExistingRunError,
+    OutDirInUseError,
+    RunFolder,
+    RunLock,
+    config_hash,
+    new_run_id,
+)
 
-__all__ = ["Trainer", "NonFiniteLossError"]
+__all__ = ["Trainer", "NonFiniteLossError", "NonFiniteWeightsError", "ExistingRunError",
+           "OutDirInUseError"]
 
 _END = object()
 
 
 class NonFiniteLossError(RuntimeError):
     """Training produced too many non-finite losses or gradients in a row."""
+
+
+class NonFiniteWeightsError(NonFiniteLossError):
+    """The weights or the EMA stopped being finite: the run diverged (nothing saved)."""
+
+
+def _iso(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat(
+        timespec="seconds")
+
+
+
+def _warn_caller(message: str) -> None:
+    """``warnings.warn`` attributed to the first frame outside this package and
+    contextlib (the user's ``fit`` / ``resume`` call, however deep the path)."""
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and (os.path.dirname(os.path.abspath(frame.f_code.co_filename))
+                                 == here or frame.f_code.co_filename == contextlib.__file__):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, stacklevel=level + 1)
 
 
 class Trainer:
@@ -94,6 +143,12 @@ class Trainer:
             :meth:`resume` refuses a checkpoint whose run_info differs on a shared key.
         device: where to train; default the model's device. Under torchrun a CUDA device
             gets index ``LOCAL_RANK``.
+        on_existing: what a *fresh* run (not :meth:`resume`-d) does when ``out_dir``
+            already holds another run's checkpoints: ``"refuse"`` (default) raises
+            :class:`ExistingRunError`; ``"resume"`` makes :meth:`fit` continue the run
+            there (as :meth:`resume` would; a fresh start when there is none);
+            ``"overwrite"`` moves the old run (``checkpoints/``, ``metrics.jsonl``) to
+            ``out_dir/previous-<its run id>/`` and starts afresh.
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) the process group is started here (NCCL on
     CUDA, Gloo on CPU), the net is wrapped in ``DistributedDataParallel`` and rank 0 logs
@@ -111,6 +166,7 @@ class Trainer:
         model_config: Mapping[str, Any] | Any | None = None,
         run_info: Mapping[str, Any] | None = None,
         device: torch.device | str | None = None,
+        on_existing: str = "refuse",
     ) -> None:
         if not isinstance(model, ScoreModel):
             raise TypeError(f"model must be a ScoreModel, got {type(model).__name__}")
@@ -119,6 +175,8 @@ class Trainer:
         host = HostOptions() if host is None else host
         if not isinstance(host, HostOptions):
             raise TypeError(f"host must be a HostOptions, got {type(host).__name__}")
+        if on_existing not in ON_EXISTING:
+            raise ValueError(f"on_existing must be one of {ON_EXISTING}, got {on_existing!r}")
         if not isinstance(model.net, torch.nn.Module) or not any(True for _ in model.parameters()):
             raise ValueError("the model's net must be an nn.Module with parameters to train")
         if callable(getattr(model_config, "to_dict", None)):  # e.g. UNetConfig
@@ -185,9 +243,26 @@ class Trainer:
         self._bar: Any = None
         self.last_loss = math.nan
         self.last_grad_norm = math.nan
+        self.first_skipped_step: int | None = None
+
+        # Run identity (the same on every rank) and the folder's lock.
+        self.on_existing = on_existing
+        self.config_hash = config_hash({
+            "train_config": config.to_dict(), "model_config": self.model_config,
+            "run_info": self.run_info, "sde": model.sde.to_dict(),
+            "prediction": model.prediction})
+        started = time.time()
+        self.run_id: str = dist_utils.broadcast_object(new_run_id(self.config_hash, started))
+        self.run_started = _iso(started)
+        self.resumed_from: Path | None = None
+        self._lock = RunLock(self.out_dir)
+        self._depth = 0  # nesting of _held() (the same on every rank)
+        self._claimed = False
+        self.folder = RunFolder(self.out_dir, self.checkpoints, self.metrics, self.run_id)
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            self.checkpoints.remove_partial()
+            with contextlib.suppress(OutDirInUseError), self._lock.held(self.run_id):
+                self.checkpoints.remove_partial()  # only when no trainer is writing here
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -250,6 +325,9 @@ class Trainer:
         if not torch.is_tensor(x0) or x0.ndim < 2 or not x0.is_floating_point():
             got = f"{getattr(x0, 'dtype', type(x0).__name__)} {tuple(getattr(x0, 'shape', ()))}"
             raise ValueError(f"x0 must be a float tensor of shape (B, *D), got {got}")
+        if not self._claimed:  # a step outside fit(): claim the folder for this run first
+            with self._held():
+                pass
         x0 = self._to_device(x0)
         cond = self._to_device(cond) if cond is not None else None
         if not self.model.net.training:
@@ -276,8 +354,32 @@ class Trainer:
         self.global_step += 1
         self.last_loss, self.last_grad_norm = loss_v, norm_v
         self._update_or_skip(loss_v, norm_v)
+        every = self.host.check_finite_every
+        if every and self.global_step % every == 0:
+            self.check_finite()
         self._record(loss_v, lr)
         return loss_v
+
+    def check_finite(self, when: str = "") -> None:
+        """Raise :class:`NonFiniteWeightsError` unless every weight and EMA value is
+        finite. One float64 sum per tensor (a NaN or inf anywhere makes it non-finite;
+        float64 cannot overflow on float32 values) and one host sync."""
+        tensors = [p.detach() for p in self.model.parameters()]
+        tensors += [v for v in self.ema.module.state_dict().values() if v.is_floating_point()]
+        dtype = torch.float32 if self.device.type == "mps" else torch.float64
+        if bool(torch.stack([t.sum(dtype=dtype) for t in tensors]).isfinite().all()):
+            return
+        bad = [n for n, v in (*(("weights", p) for p in self.model.parameters()),
+                              *(("EMA", v) for v in self.ema.module.state_dict().values()))
+               if v.is_floating_point() and not bool(v.isfinite().all())]
+        latest = self.folder.own_checkpoints()
+        raise NonFiniteWeightsError(
+            f"the run diverged: after step {self.global_step} the {' and '.join(sorted(set(bad)))} "
+            f"hold NaN or inf{when}. Nothing of this state is saved; the newest checkpoint of "
+            f"the run is {latest[-1].name if latest else 'none'} "
+            f"({self.skipped_steps} steps skipped so far). Lower lr, set grad_clip, or use "
+            "bf16 instead of fp16."
+        )
 
     def _update_or_skip(self, loss_v: float, norm_v: float) -> None:
         """AdamW + EMA update when loss and gradient norm are finite; else no update."""
@@ -292,12 +394,15 @@ class Trainer:
         if self.scaler.is_enabled() and math.isfinite(loss_v):
             self.overflow_steps += 1
         else:
+            self.check_finite()  # were the weights the cause? (a diverged update before)
             self._skip_nonfinite(loss_v, norm_v)
 
     def _skip_nonfinite(self, loss_v: float, norm_v: float) -> None:
         self.skipped_steps += 1
         self._nonfinite_run += 1
         s = self.global_step
+        if self.first_skipped_step is None:
+            self.first_skipped_step = s
         self.log({"event": "nonfinite", "step": s, "loss": loss_v, "grad_norm": norm_v})
         if self._nonfinite_run >= self.host.max_nonfinite:
             first = s - self._nonfinite_run + 1
@@ -330,51 +435,160 @@ class Trainer:
         if self._bar is not None:
             self._bar.set_postfix(loss=f"{mean:.4g}", skipped=self.skipped_steps)
 
+    # ------------------------------------------------------------------ the folder
+    @contextlib.contextmanager
+    def _held(self, claim: bool = True) -> Iterator[None]:
+        """Hold the out_dir lock (rank 0) and, with ``claim``, make sure the folder is
+        this run's (:meth:`_claim`, the first time). Call on every rank: a refusal on
+        rank 0 is raised on all of them."""
+        if self._depth:  # inside fit(): held and claimed already
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self._on_main(lambda: self._lock.acquire(self.run_id))
+        self._depth = 1
+        try:
+            if claim and not self._claimed:
+                self._on_main(self._claim)
+                self._claimed = True
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0 and self.is_main:
+                self._lock.release()
+
+    def _on_main(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` on rank 0; an error it raises (OutDirInUseError, ExistingRunError,
+        an OSError moving files) is raised on every rank, so no rank waits in a collective
+        for one that gave up."""
+        error: BaseException | None = None
+        if self.is_main:
+            try:
+                fn()
+            except Exception as e:
+                error = e
+        if self.distributed:
+            error = dist_utils.broadcast_object(error)
+        if error is not None:
+            raise error
+
+    def _claim(self) -> None:
+        """Rank 0, lock held: the folder must hold no other run's checkpoints (a fresh
+        run with ``on_existing="overwrite"`` moves them aside); a fresh run starts its
+        own ``metrics.jsonl`` with a ``"run_start"`` row."""
+        fresh = self.resumed_from is None
+        moved = self.folder.claim(fresh=fresh, overwrite=self.on_existing == "overwrite")
+        if moved is not None:
+            _warn_caller(f"moved {moved[1]} of the previous run in {self.out_dir} to {moved[0]}")
+        if fresh:
+            self.metrics.rows = 0
+            self.metrics.append({"step": self.global_step, "event": "run_start",
+                                 "run_id": self.run_id, "config_hash": self.config_hash,
+                                 "started": self.run_started})
+
     # ------------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "skipped_steps": self.skipped_steps, "overflow_steps": self.overflow_steps,
                 "nonfinite_run": self._nonfinite_run, "world_size": self.world_size,
-                "train_seconds": round(self._elapsed(), 3)}
+                "train_seconds": round(self._elapsed(), 3),
+                "first_skipped_step": self.first_skipped_step,
+                "suspect": self.first_skipped_step is not None,
+                "log_rows": self.metrics.rows}
 
     def _elapsed(self) -> float:
         running = 0.0 if self._fit_t0 is None else time.perf_counter() - self._fit_t0
         return self.train_seconds + running
 
     def save(self, path: str | os.PathLike | None = None) -> Path | None:
-        """Write a checkpoint (default ``checkpoints/step_XXXXXXXX.safetensors``) and keep
-        the last ``HostOptions.keep_last``. Call on every rank; rank 0 writes and returns
-        the path. Draws nothing: plotting is the caller's."""
-        rng = dist_utils.gather_rng_states(ckpt.capture_rng())  # a collective under DDP
-        self._last_saved = self.global_step
-        if not self.is_main:
-            return None
-        default = path is None
-        if path is None:
-            path = self.checkpoints.path_for(self.global_step)
-        written = ckpt.save_checkpoint(
-            Path(path), self.model, ema=self.ema, optimizer=self.optimizer,
-            scaler=self.scaler, step=self.global_step, train_config=self.config.to_dict(),
-            model_config=self.model_config, state=self._state(), rng=rng,
-            host_options=self.host.to_dict(), run_info=self.run_info,
-        )
-        if default:
-            self.checkpoints.prune(self.host.keep_last)
-        return written
+        """Write a checkpoint (default ``checkpoints/step_XXXXXXXX.safetensors``) and prune
+        the run's own checkpoints to the last ``HostOptions.keep_last`` (plus the newest
+        one without skipped steps while later ones had some). Refuses
+        (:class:`NonFiniteWeightsError`) weights or an EMA that are not finite. Call on
+        every rank; rank 0 writes and returns the path. Draws nothing."""
+        self.check_finite(": refusing to save them")
+        with self._held():
+            rng = dist_utils.gather_rng_states(ckpt.capture_rng())  # a collective under DDP
+            self._last_saved = self.global_step
+            if not self.is_main:
+                return None
+            default = path is None
+            if path is None:
+                path = self.checkpoints.path_for(self.global_step)
+            written = ckpt.save_checkpoint(
+                Path(path), self.model, ema=self.ema, optimizer=self.optimizer,
+                scaler=self.scaler, step=self.global_step, train_config=self.config.to_dict(),
+                model_config=self.model_config, state=self._state(), rng=rng,
+                host_options=self.host.to_dict(), run_info=self.run_info,
+                run={"id": self.run_id, "started": self.run_started,
+                     "config_hash": self.config_hash},
+            )
+            if default:
+                self.folder.prune(self.host.keep_last)
+            return written
+
+    def _load_for_resume(self, path: str | os.PathLike | None) -> ckpt.Checkpoint | None:
+        """The checkpoint to continue from: ``path``, or the newest of out_dir that loads
+        (checksums, bounds, finite weights), warning about each newer one skipped."""
+        candidates = [Path(path)] if path is not None else self.checkpoints.list()[::-1]
+        skipped: list[str] = []
+        for p in candidates:
+            try:
+                ck = ckpt.load_checkpoint(p)
+                bad = ckpt.nonfinite_tensors({k: v for k, v in ck.tensors.items()
+                                              if k.startswith(("model.", "ema."))})
+                if bad:
+                    raise ckpt.CheckpointError(f"{p} holds non-finite weights ({bad[0]}, ...)")
+            except ckpt.CheckpointMismatchError:
+                raise
+            except ckpt.CheckpointError as e:
+                if path is not None:
+                    raise
+                skipped.append(f"{p.name}: {e}")
+                continue
+            if skipped:
+                _warn_caller(f"resume: skipped {len(skipped)} checkpoint(s) that do not load "
+                             f"and continued from {p.name}:\n  " + "\n  ".join(skipped))
+            return ck
+        if skipped:
+            raise ckpt.CheckpointError(f"no checkpoint in {self.checkpoint_dir} loads:\n  "
+                                       + "\n  ".join(skipped))
+        return None
 
     def resume(self, path: str | os.PathLike | None = None) -> bool:
-        """Load the latest checkpoint of ``out_dir`` (or ``path``) to continue exactly.
+        """Continue the run of the newest checkpoint of ``out_dir`` that loads (or of
+        ``path``), exactly: weights, EMA, optimizer, GradScaler, step, data position,
+        this rank's RNG states, its run id and its log up to the checkpoint.
 
-        Restores weights, EMA, optimizer, GradScaler, step, data position and this rank's
-        RNG states. Returns False when ``path`` is None and there is nothing to resume.
-        Raises :class:`~scoregen.train.checkpoint.CheckpointMismatchError` naming the fields when
-        the checkpoint belongs to a model of another config.
+        A corrupt newest checkpoint (checksum, bounds, non-finite weights) is skipped with
+        a warning naming it, for the previous one. Returns False when ``path`` is None and
+        there is nothing to resume. Raises
+        :class:`~scoregen.train.checkpoint.CheckpointMismatchError` naming the fields when
+        the checkpoint belongs to a model of another config, and :class:`ExistingRunError`
+        when ``out_dir`` also holds checkpoints of another run. The run continued is
+        ``trainer.run_id`` (logged as a ``"resume"`` row of ``metrics.jsonl``).
         """
-        if path is None:
-            path = self.checkpoints.latest()
-            if path is None:
+        with self._held(claim=False):
+            ck = self._load_for_resume(path)
+            if ck is None:
                 return False
-        ck = ckpt.load_checkpoint(path)
+            self._restore(ck)
+            self.run_id = self.folder.run_id = ck.run_id or self.run_id
+            self.folder.legacy = ck.run_id is None
+            self.resumed_from = ck.path
+            self._on_main(self._claim)  # no other run's checkpoints beside it
+            self._claimed = True
+            st = ck.state
+            self.metrics.truncate(ck.step, st.get("log_rows"))
+            self.log({"event": "resume", "run_id": self.run_id, "from": ck.path.name,
+                      "written_by_run": ck.run_id})
+        return True
+
+    def _restore(self, ck: ckpt.Checkpoint) -> None:
+        path = ck.path
         ck.check_compatible(model_config=self.model_config, sde=self.model.sde,
                             prediction=self.model.prediction, run_info=self.run_info)
         ckpt.load_state_checked(self.model, ck.model_state(), "weights", path)
@@ -384,7 +598,7 @@ class Trainer:
             self.ema.num_updates = int(ck.meta["ema"]["num_updates"])
         else:
             warnings.warn(f"{path} has no EMA weights; the EMA restarts from the weights",
-                          stacklevel=2)
+                          stacklevel=3)
             self.ema = EMA(self.model, self.config.ema_decay, warmup=self.config.ema_warmup)
         opt_state = ck.optimizer_state()
         if opt_state is not None:
@@ -402,13 +616,18 @@ class Trainer:
         self.overflow_steps = int(st.get("overflow_steps", 0))
         self._nonfinite_run = int(st.get("nonfinite_run", 0))
         self.train_seconds = float(st.get("train_seconds", 0.0))
+        first = st.get("first_skipped_step")
+        self.first_skipped_step = int(first) if first is not None else None
+        run = ck.meta.get("run") or {}
+        if isinstance(run.get("config_hash"), str):
+            self.config_hash = run["config_hash"]
+        if isinstance(run.get("started"), str):
+            self.run_started = run["started"]
         self._last_saved = ck.step
         self._warn_differences(ck, path)
         rng = ck.rng_state(self.rank)
         if rng is not None:
             ckpt.restore_rng(rng)
-        self.metrics.truncate(ck.step)
-        return True
 
     def _warn_differences(self, ck: ckpt.Checkpoint, path: Any) -> None:
         changed = self.config.differences(ck.train_config or {})  # host options: never
@@ -456,9 +675,20 @@ class Trainer:
             self.save()
 
     def _end_epoch(self, hook: Callable[[Trainer, int], Any] | None) -> None:
+        """Run the epoch hook and log its row. When the hook raises, the row records the
+        error and the epoch's checkpoint is written before the error propagates: a
+        resumed run starts the next epoch (it neither repeats this one nor loses its
+        row)."""
         finished = self.epoch
         self.epoch, self.batch_in_epoch = finished + 1, 0
-        metrics = hook(self, finished) if hook is not None else None
+        try:
+            metrics = hook(self, finished) if hook is not None else None
+        except Exception as e:
+            self.log({"event": "epoch_end", "epoch": finished,
+                      "error": f"{type(e).__name__}: {e}"})
+            if self._last_saved != self.global_step:
+                self.save()
+            raise
         self.log({"event": "epoch_end", "epoch": finished, **(metrics or {})})
 
     def fit(
@@ -480,26 +710,49 @@ class Trainer:
         called; on resume the consumed batches of the epoch are skipped by iterating).
         ``batch_fn`` maps a batch to ``(x0, cond)``; default :func:`default_batch_fn`.
         ``on_epoch_end(trainer, epoch)`` runs on every rank after each epoch; a dict it
-        returns is logged. ``on_step_end(trainer, step, loss)`` runs after every step.
+        returns is logged (when it raises, the epoch's checkpoint is written first).
+        ``on_step_end(trainer, step, loss)`` runs after every step.
+
+        Holds the out_dir lock throughout (:class:`OutDirInUseError` when another trainer
+        holds it); a fresh run refuses a folder with another run's checkpoints
+        (:class:`ExistingRunError`, see ``on_existing``). Returns ``{"step", "epoch",
+        "loss", "skipped_steps", "train_seconds", "run_id", "ok", "status"}``: ``ok`` is
+        False when any step was skipped as non-finite (``status`` says which; a script
+        should exit non-zero). A diverged run raises :class:`NonFiniteWeightsError`.
         """
         if steps is None and epochs is None:
             steps = self.config.max_steps
         batch_fn = batch_fn or default_batch_fn
         data, loader = self._loader(data)
+        if self.on_existing == "resume" and self.resumed_from is None and not self._claimed:
+            self.resume()
 
         def done() -> bool:
             return ((steps is not None and self.global_step >= steps)
                     or (epochs is not None and self.epoch >= epochs))
 
-        with self._fitting(total=steps):
+        with self._held(), self._fitting(total=steps):
             while not done():
                 batches = epoch_batches(data, loader, epoch=self.epoch, skip=self.batch_in_epoch,
                                         seed=self.config.seed, generator=self._loader_gen)
                 self._run_epoch(batches, batch_fn, done, on_epoch_end, on_step_end)
-        if self._last_saved != self.global_step:
-            self.save()
+            if self._last_saved != self.global_step:
+                self.save()
+        ok = self.skipped_steps == 0
         return {"step": self.global_step, "epoch": self.epoch, "loss": self.last_loss,
-                "skipped_steps": self.skipped_steps, "train_seconds": self.train_seconds}
+                "skipped_steps": self.skipped_steps, "train_seconds": self.train_seconds,
+                "run_id": self.run_id, "ok": ok, "status": self.status()}
+
+    def status(self) -> str:
+        """One line on the run's health: ``"ok"``, or how many steps were skipped as
+        non-finite, from which step, and the newest checkpoint written without skips."""
+        if not self.skipped_steps:
+            return f"ok: run {self.run_id}, step {self.global_step}, no skipped steps"
+        clean = [p for p in self.folder.own_checkpoints() if not self.folder.is_suspect(p)]
+        return (f"NOT OK: run {self.run_id} skipped {self.skipped_steps} step(s) with a "
+                f"non-finite loss or gradient (first at step {self.first_skipped_step}); "
+                f"checkpoints written after skips are suspect; the newest without: "
+                f"{clean[-1] if clean else 'none'}")
 
     def _run_epoch(
         self,

@@ -5,6 +5,9 @@
 Phase 1 trains conditional TinyNet for 6 steps (global batch 8, checkpoint every 3) and
 writes each rank's weights to OUT_DIR/rank{r}_phase1.safetensors. Phase 2 builds a fresh
 model, resumes from the step-6 checkpoint and trains to step 9 (rank{r}_phase2...).
+Phase 3 starts a fresh run on the same folder: rank 0 refuses it (another run's
+checkpoints) and every rank must raise, none wait in a collective. Each rank writes its
+run ids and the refusal to OUT_DIR/rank{r}_ids.txt.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 from safetensors.torch import save_file
 from train_helpers import make_pairs, make_trainer, weights
 
+from scoregen.train import ExistingRunError
 from scoregen.train.distributed import cleanup_distributed
 
 CONFIG = dict(cond_dim=2, p_uncond=0.3, checkpoint_every=3, lr=1e-2, batch_size=8)
@@ -34,6 +38,14 @@ def main() -> None:
     assert tr2.resume() and tr2.global_step == 6
     tr2.fit(data, steps=9)
     save_file(weights(tr2), str(out / f"rank{tr2.rank}_phase2.safetensors"))
+
+    tr3 = make_trainer(out, **CONFIG)
+    try:
+        tr3.fit(data, steps=3)
+        refused = "not refused"
+    except ExistingRunError as e:
+        refused = type(e).__name__
+    (out / f"rank{tr.rank}_ids.txt").write_text(f"{tr.run_id} {tr2.run_id} {refused}")
     cleanup_distributed()
 
 

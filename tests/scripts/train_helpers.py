@@ -89,6 +89,7 @@ def make_trainer(
     net: nn.Module | None = None,
     model_config: dict | None = None,
     run_info: dict | None = None,
+    on_existing: str = "refuse",
     **overrides,
 ) -> Trainer:
     """A seeded TinyNet model and a Trainer with fast defaults; ``overrides`` go to
@@ -102,8 +103,9 @@ def make_trainer(
                ema_decay=0.9, progress=False, keep_last=100)
     cfg.update(overrides)
     host = {k: cfg.pop(k) for k in list(cfg) if k in HOST_FIELDS}
+    extra = {} if on_existing == "refuse" else {"on_existing": on_existing}  # the default
     return Trainer(model, TrainConfig(**cfg), out_dir, host=HostOptions(**host),
-                   model_config=model_config, run_info=run_info)
+                   model_config=model_config, run_info=run_info, **extra)
 
 
 def weights(trainer: Trainer) -> dict[str, Tensor]:
