@@ -217,3 +217,15 @@ def test_unconditional_example_writes_a_grid(tmp_path):
                          "--epochs", "1", "--sampling-steps", "2", "--samples", "4",
                          "--out", str(tmp_path), "--no-progress"]) == 0
     assert (tmp_path / "samples.png").is_file()
+
+
+def test_unconditional_example_refuses_bad_values_and_reports_data_errors_in_one_line(
+        tmp_path, capsys):
+    example = _load("examples/unconditional_xray.py")
+    with pytest.raises(SystemExit):
+        example.parse_args(["--epochs", "0"])
+    assert "argument --epochs: expected an integer >= 1" in capsys.readouterr().err
+    assert example.main(["--data-root", "/nonexistent/covid", "--out", str(tmp_path),
+                         "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "/nonexistent/covid does not exist" in err and len(err.splitlines()) == 1
