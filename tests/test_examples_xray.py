@@ -229,3 +229,17 @@ def test_unconditional_example_refuses_bad_values_and_reports_data_errors_in_one
                          "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "/nonexistent/covid does not exist" in err and len(err.splitlines()) == 1
+
+
+def test_segmentation_benchmark_writes_under_runs_by_default():
+    bench = _load("benchmarks/segmentation.py")
+    assert bench.parse_args(["--checkpoint", "x.safetensors"]).out == Path("runs/segmentation")
+
+
+def test_segmentation_benchmark_refuses_a_task_the_checkpoint_was_not_trained_for(trained,
+                                                                                 tmp_path):
+    _, out, _ = trained
+    bench = _load("benchmarks/segmentation.py")
+    with pytest.raises(SystemExit, match="--task lung does not match the checkpoint"):
+        bench.main(["--checkpoint", str(latest_checkpoint(out / "checkpoints")), "--task",
+                    "lung", "--out", str(tmp_path), "--no-progress"])
