@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 
 __all__ = [
     "plot_sampler_accuracy", "scatter_panels", "image_grid", "plot_curves",
@@ -302,6 +302,8 @@ def plot_curves(
             ax.set_yscale("log")
         ax.set_title(title, fontsize=9)
         ax.set_xlabel(xlabel)
+        if all(np.allclose(data[n][0], np.round(data[n][0])) for n in names):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs, steps: no 0.2
         ax.set_ylabel(ylabel if ylabel is not None else (names[0] if len(names) == 1
                                                          else "value"))
         ax.grid(alpha=0.3)
