@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from matplotlib.colors import Normalize, PowerNorm
+
 from scoregen.plotting import ArrayLike, PathLike, image_array, new_figure, png_path, save_png
 
 __all__ = ["segmentation_panels", "uncertainty_scale", "SEG_PANEL"]
@@ -46,10 +48,10 @@ def segmentation_panels(
             be mapped first, ``(x + 1) / 2``.
         uncertainty: ``(N, 1, H, W)`` in [0, 0.25]: the pixel-wise variance ``p (1 - p)``
             of Bernoulli samples (see :func:`scoregen.segmentation.ensemble.uncertainty`);
-            drawn with the ``magma`` colormap on [0, max] with ``max`` the largest value
-            of the figure (shared by its rows so they compare; 0.25, the largest possible,
-            when all are 0), so a small disagreement is visible; the colour bar and the
-            column head state the scale.
+            drawn with the ``magma`` colormap on a square-root scale from 0 to ``max``,
+            the largest value of the figure (shared by its rows so they compare; 0.25,
+            the largest possible, when all are 0), so a small disagreement is visible;
+            the colour bar (in variance units) and the column head state the scale.
         path: the PNG, ``100 (SEG_PANEL * 4 + 0.6)`` x ``100 (SEG_PANEL * N + 0.3)`` pixels.
         titles: optional per-row labels (e.g. an image id and its Dice).
         title: optional figure title (e.g. "synthetic phantom" when the data is one).
@@ -83,14 +85,18 @@ def segmentation_panels(
     axes = fig.subplots(n, 4, squeeze=False)
     u_max = uncertainty_scale(arrs["uncertainty"])
     heads = ("X-ray", "ground truth", "prediction",
-             f"uncertainty (variance, 0-{u_max:.2g})")
+             f"uncertainty: variance, sqrt scale (max {u_max:.2g})")
     specs = (("images", "gray", -1, 1), ("truths", "gray", -1, 1),
              ("predictions", "gray", 0, 1), ("uncertainty", "magma", 0, u_max))
     for r in range(n):
         for q, (key, cmap, vmin, vmax) in enumerate(specs):
             ax = axes[r, q]
-            im = ax.imshow(arrs[key][r, 0], cmap=cmap, vmin=vmin, vmax=vmax,
-                           interpolation="nearest")
+            # uncertainty on a square-root scale: the typical disagreement (a thin edge of
+            # small variances) stays visible beside one hot spot; the colour bar is in
+            # variance units
+            norm = (PowerNorm(0.5, vmin=vmin, vmax=vmax) if key == "uncertainty"
+                    else Normalize(vmin=vmin, vmax=vmax))
+            im = ax.imshow(arrs[key][r, 0], cmap=cmap, norm=norm, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
