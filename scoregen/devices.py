@@ -73,9 +73,10 @@ def resolve_threads(spec: int | str = "auto", *, cap: int | None = None) -> int:
     ``torch.get_num_threads()``, i.e. ``OMP_NUM_THREADS`` when set). Reason (measured in
     ``benchmarks/host_times.py``): OpenMP threads spin-wait for each other, so on a core
     another process holds, a second thread costs far more than it gains (a training step
-    of the X-ray example ran 1.7-15x slower with 2 threads than with 1 beside other jobs,
-    ``docs/benchmarks.md``), while on idle cores 2 threads are faster (issue 12: the main
-    job in 183 s with 2 threads). Hosts without a load average get ``cap``.
+    of the X-ray example was 1.0-15x slower, never faster, with 2 threads than with 1
+    beside other jobs, ``docs/benchmarks.md``), while on idle cores 2 threads are faster
+    (issue 12: the main job in 183 s with 2 threads). Hosts without a load average get
+    ``cap``.
     """
     cap = torch.get_num_threads() if cap is None else cap
     if spec != "auto":
