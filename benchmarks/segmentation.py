@@ -15,7 +15,11 @@ COVID-19 images only). Writes JSON, a markdown table and PNG plots to ``--out``.
 
     python benchmarks/segmentation.py \\
         --checkpoint runs/lung/checkpoints/step_00004640.safetensors \\
-        --data-root ../shared/data/covid-qu-ex-64 --task lung --out benchmarks/results/seg_lung
+        --data-root ../shared/data/covid-qu-ex-64 --out benchmarks/results/seg_lung
+
+Task and image size come from the checkpoint's ``run_info`` (a contradicting flag is
+refused). Default ``--out``: ``runs/segmentation``; pass ``benchmarks/results/...`` on
+purpose for results meant to be committed.
 """
 
 from __future__ import annotations
@@ -54,9 +58,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--data-root", type=Path, default=None,
                    help="COVID-QU-Ex folder; default: the synthetic phantom (seed 0)")
-    p.add_argument("--task", choices=("lung", "infection"), default="lung")
+    p.add_argument("--task", choices=("lung", "infection"), default=None,
+                   help="default: the checkpoint's (lung for one without run_info)")
     p.add_argument("--split", default="Val")
-    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--size", type=int, default=None,
+                   help="default: the checkpoint's (64 for one without run_info)")
     p.add_argument("--eval-samples", type=int, default=512, help="images for the step sweep")
     p.add_argument("--steps", default="1,2,5,10,25,50", help="sampling steps to sweep")
     p.add_argument("--samplers", default="ddim,ancestral", help="samplers to sweep")
@@ -69,7 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--phantom-train", type=int, default=512)
     p.add_argument("--phantom-val", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/segmentation"))
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (1: stable times on a shared machine)")
+    p.add_argument("--out", type=Path, default=Path("runs/segmentation"),
+                   help="output folder; results meant to be committed go under "
+                        "benchmarks/results/ (pass it on purpose)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -153,7 +163,17 @@ def train_baseline(train_ds: SegmentationDataset, config: sg.UNetConfig, steps: 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     progress = not args.no_progress
+    if args.threads < 1:
+        raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     ck = sg.load_checkpoint(args.checkpoint)
+    info = ck.run_info
+    for flag, key, default in (("task", "task", "lung"), ("size", "image_size", 64)):
+        given, saved = getattr(args, flag), info.get(key)
+        if given is not None and saved is not None and given != saved:
+            raise SystemExit(f"--{flag} {given} does not match the checkpoint: "
+                             f"{args.checkpoint} was trained with {flag} {saved}")
+        setattr(args, flag, given if given is not None else (saved or default))
     model = sg.load_model(args.checkpoint, lambda **c: sg.UNet(sg.UNetConfig.from_dict(c)))
     train_cfg = ck.train_config or {}
     unet_cfg = ck.model_config or {}

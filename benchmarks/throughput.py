@@ -97,8 +97,9 @@ ITERATIONS: dict[str, tuple[int, int, int, int]] = {
 }
 ROW_MARK = "@@THROUGHPUT_ROW@@ "
 FILES = ("throughput.json", "throughput.md", "throughput.png")
-#: Default parent of ``--out``: ``benchmarks/results`` beside this file.
-RESULTS = Path(__file__).resolve().parent / "results"
+#: Default parent of ``--out``: ``runs/`` of the working folder (``benchmarks/results``
+#: holds committed results: pass ``--out benchmarks/results/...`` on purpose).
+RESULTS = Path("runs")
 
 
 @dataclass(frozen=True)
@@ -508,7 +509,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "CPU memory, survives crashes); 'none': all rows in this process")
     p.add_argument("--timeout", type=float, default=3600.0,
                    help="seconds per row with --isolation process (compile included)")
-    p.add_argument("--out", type=Path, help="output folder (default benchmarks/results/"
+    p.add_argument("--out", type=Path, help="output folder (default runs/"
                                             "throughput-<device>[-quick])")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -5,18 +5,29 @@ model given the X-ray: DDPM's schedule (1000 steps, beta linear 1e-4..0.02), a U
 with residual blocks and linear attention, the X-ray added (SegDiff) or concatenated,
 sampling with 50 DDIM steps, metrics at threshold 0.5 on the validation split.
 
-    python examples/covid_qu_seg.py                       # synthetic phantom, a few minutes
+    python examples/covid_qu_seg.py                       # synthetic phantom, ~3 min
+    python examples/covid_qu_seg.py --evaluate runs/covid_qu_seg      # score it again
     python examples/covid_qu_seg.py --data-root ../shared/data/covid-qu-ex-64 --task lung
     python examples/covid_qu_seg.py --data-root DIR --task infection --compare
-    python examples/covid_qu_seg.py --evaluate OUT/checkpoints/step_X.safetensors \\
-        --data-root DIR --split Val
+    python examples/covid_qu_seg.py --evaluate OUT --data-root DIR --split Val
 
 Without ``--data-root`` the data is a synthetic chest X-ray phantom generated on the
-fly (deterministic by seed), and the output says so. Writes to ``--out``: checkpoints,
-``metrics.jsonl`` (the trainer's), ``loss.png`` (drawn from it here, every epoch),
-``epochs.json``/``epochs.csv`` (validation metrics per epoch), ``results.json``/
-``results.md`` (the final table), ``figures/examples.png`` (X-ray | truth | prediction |
-uncertainty) and ``figures/dice.png``.
+fly (deterministic by seed), and the output says so. Writes to ``--out`` (default
+``runs/covid_qu_seg``): checkpoints (each carries the run's task, mask kind and image
+size as ``run_info``), ``metrics.jsonl`` (the trainer's), ``loss.png`` (drawn from it
+here, every epoch), ``epochs.json``/``epochs.csv`` (validation metrics per epoch),
+``results.json``/``results.md`` (the final table), ``figures/examples.png`` (X-ray |
+truth | prediction | uncertainty) and ``figures/dice.png``; the last lines printed say
+where each went.
+
+``--evaluate RUN_OR_CHECKPOINT`` trains nothing: it scores a checkpoint file, or the
+newest checkpoint of a run folder that loads, on ``--data-root/--split`` (the phantom's
+validation cases without ``--data-root``) and writes ``evaluation.json`` and
+``evaluation.md`` to ``--out`` (default: the run's folder). Task, image size, ``--cond``,
+``--preset`` and ``--prediction`` come from the checkpoint; a flag that contradicts it is
+refused. ``--threads auto`` (the default) uses the CPU cores other processes leave free:
+on a shared machine a second torch thread spins against them. Errors of data, paths and
+flags are one line (``--debug``: the traceback).
 """
 
 from __future__ import annotations
@@ -26,15 +37,18 @@ import csv
 import json
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 import scoregen as sg
 from scoregen import devices
 from scoregen.plotting import plot_curves
 from scoregen.segmentation import (
+    MASK_FOLDERS,
     SEED_RESULTS,
     CovidQUDataset,
     PhantomDataset,
@@ -45,42 +59,109 @@ from scoregen.segmentation import (
     random_subset,
     segment,
 )
-from scoregen.train import loss_curve
+from scoregen.train import CheckpointError, ExistingRunError, OutDirInUseError, loss_curve
+from scoregen.train.checkpoint import Checkpoint, load_checkpoint
+from scoregen.train.checkpoint_dir import latest_checkpoint, list_checkpoints
 
 #: The seed talk's schedule: DDPM, 1000 steps, beta linear 1e-4 .. 0.02.
 SDE_ARGS = {"num_steps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
 
 
 # ----------------------------------------------------------------------------- arguments
+def threads_arg(text: str) -> int | str:
+    """``--threads``: ``auto`` or an integer >= 1 (see :func:`scoregen.devices.resolve_threads`)."""
+    if text == "auto":
+        return text
+    return positive_int(text)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def decay_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
+#: Defaults of the flags that ``--evaluate`` takes from the checkpoint instead; None on
+#: the parser, so an explicit flag can be told from a default (and checked).
+MODEL_DEFAULTS: dict[str, Any] = {"task": "lung", "size": 64, "cond": "add", "prediction": "x0"}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A bad flag value ends in one line (not the whole usage block); ``--help`` has it."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = OneLineParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     data = p.add_argument_group("data")
     data.add_argument("--data-root", type=Path, default=None,
                       help="COVID-QU-Ex folder (any level down to the split root); "
                            "default: a synthetic phantom")
-    data.add_argument("--task", choices=("lung", "infection"), default="lung")
-    data.add_argument("--size", type=int, default=64, help="image size")
+    data.add_argument("--task", choices=("lung", "infection"), default=None,
+                      help="mask kind: lung or infection (default lung; with --evaluate, "
+                           "the checkpoint's)")
+    data.add_argument("--size", type=positive_int, default=None,
+                      help="image size (default 64; with --evaluate, the checkpoint's)")
     data.add_argument("--augment", action="store_true",
                       help="small random affine on training pairs (no flips)")
-    data.add_argument("--phantom-train", type=int, default=512,
+    data.add_argument("--phantom-train", type=positive_int, default=512,
                       help="phantom training cases (without --data-root)")
-    data.add_argument("--phantom-val", type=int, default=64,
+    data.add_argument("--phantom-val", type=positive_int, default=64,
                       help="phantom validation cases (without --data-root)")
-    model = p.add_argument_group("model")
-    model.add_argument("--cond", choices=("add", "concat"), default="add")
+    model = p.add_argument_group("model (with --evaluate: from the checkpoint)")
+    model.add_argument("--cond", choices=("add", "concat"), default=None,
+                       help="how the X-ray conditions the U-Net (default add)")
     model.add_argument("--preset", choices=tuple(sg.UNET_PRESETS), default=None,
                        help="U-Net size; default 'small' on real data, 'tiny' on the phantom")
-    model.add_argument("--prediction", choices=sg.PREDICTIONS, default="x0",
-                       help="what the net predicts (the seed: eps; x0 suits binary masks)")
+    model.add_argument("--prediction", choices=sg.PREDICTIONS, default=None,
+                       help="what the net predicts (default x0, suits binary masks; the "
+                            "seed: eps)")
     train = p.add_argument_group("training")
-    train.add_argument("--epochs", type=int, default=None,
+    train.add_argument("--epochs", type=positive_int, default=None,
                        help="default 40 on real data, 6 on the phantom")
-    train.add_argument("--steps", type=int, default=None, help="total steps (overrides epochs)")
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--warmup", type=int, default=100, help="warm-up steps")
-    train.add_argument("--ema-decay", type=float, default=0.999)
+    train.add_argument("--steps", type=positive_int, default=None,
+                       help="total steps (overrides epochs)")
+    train.add_argument("--batch-size", type=positive_int, default=32)
+    train.add_argument("--lr", type=positive_float, default=1e-3)
+    train.add_argument("--warmup", type=nonnegative_int, default=100, help="warm-up steps")
+    train.add_argument("--ema-decay", type=decay_float, default=0.999)
     train.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                        help="auto: bf16 on CUDA, fp32 on CPU")
     train.add_argument("--compile", action="store_true", help="torch.compile the U-Net")
@@ -91,32 +172,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="move another run found in --out aside to --out/previous-<run id>")
     ev = p.add_argument_group("evaluation")
     ev.add_argument("--sampler", choices=tuple(sg.SAMPLERS), default="ddim")
-    ev.add_argument("--sampling-steps", type=int, default=50)
-    ev.add_argument("--ensemble", type=int, default=1, help="K masks per image, fused")
+    ev.add_argument("--sampling-steps", type=positive_int, default=50)
+    ev.add_argument("--ensemble", type=positive_int, default=1, help="K masks per image, fused")
     ev.add_argument("--fuse", choices=("mean", "vote", "staple"), default="mean")
-    ev.add_argument("--eval-samples", type=int, default=512,
+    ev.add_argument("--eval-samples", type=positive_int, default=512,
                     help="validation images for the final metrics (all if fewer)")
-    ev.add_argument("--epoch-eval-samples", type=int, default=128,
+    ev.add_argument("--epoch-eval-samples", type=positive_int, default=128,
                     help="validation images scored after every epoch")
-    ev.add_argument("--epoch-eval-steps", type=int, default=10,
+    ev.add_argument("--epoch-eval-steps", type=positive_int, default=10,
                     help="sampling steps of the per-epoch evaluation")
-    ev.add_argument("--eval-every", type=int, default=1, help="epochs between evaluations")
+    ev.add_argument("--eval-every", type=positive_int, default=1,
+                    help="epochs between evaluations")
     ev.add_argument("--split", default="Val", help="split scored by --evaluate")
-    ev.add_argument("--evaluate", type=Path, default=None, metavar="CHECKPOINT",
-                    help="evaluate a saved model on --data-root/--split; no training")
+    ev.add_argument("--evaluate", type=Path, default=None, metavar="RUN_OR_CHECKPOINT",
+                    help="no training: score a run folder's latest good checkpoint (or a "
+                         "checkpoint file) on --data-root/--split, or on the phantom's "
+                         "validation cases without --data-root; writes evaluation.{json,md}")
     run = p.add_argument_group("run")
     run.add_argument("--compare", action="store_true",
                      help="train with add and with concat; print the seed-style table")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    run.add_argument("--out", type=Path, default=Path("runs/covid_qu_seg"))
+    run.add_argument("--threads", type=threads_arg, default="auto",
+                     help="torch CPU threads; auto: the cores other processes leave free "
+                          "(1-minute load average), at most torch's default")
+    run.add_argument("--out", type=Path, default=None,
+                     help="output folder (default runs/covid_qu_seg; with --evaluate, the "
+                          "evaluated run's folder)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--debug", action="store_true",
+                     help="show the full traceback of an error instead of one line")
     args = p.parse_args(argv)
-    if args.evaluate is not None and args.data_root is None:
-        p.error("--evaluate needs --data-root (a folder in the COVID-QU-Ex layout)")
-    for name in ("batch_size", "sampling_steps", "ensemble", "eval_samples", "eval_every",
-                 "epoch_eval_steps", "size"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.evaluate is not None and args.compare:
+        p.error("--evaluate scores one checkpoint; --compare trains two models")
+    if args.evaluate is None:
+        for name, value in MODEL_DEFAULTS.items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
+        if args.out is None:
+            args.out = Path("runs/covid_qu_seg")
     return args
 
 
@@ -127,18 +220,41 @@ def resolve_device(name: str) -> torch.device:
         raise SystemExit(f"--device: {err}") from err
 
 
+def set_threads(args: argparse.Namespace, device: torch.device) -> int:
+    """Apply ``--threads`` (CPU intra-op threads) and return the number used."""
+    threads = devices.resolve_threads(args.threads)
+    if device.type == "cpu":
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def run_info(args: argparse.Namespace) -> dict[str, Any]:
+    """What a checkpoint of this example is about (saved in it, compared on resume, read
+    by ``--evaluate``): the task and its mask folder, the image size, the data kind."""
+    return {"example": "covid_qu_seg", "task": args.task, "masks": MASK_FOLDERS[args.task],
+            "image_size": args.size,
+            "data": "phantom" if args.data_root is None else "COVID-QU-Ex",
+            "preset": preset_of(args)}
+
+
+def preset_of(args: argparse.Namespace) -> str:
+    return args.preset or ("small" if args.data_root is not None else "tiny")
+
+
 # ----------------------------------------------------------------------------- data
 def load_data(args: argparse.Namespace, split: str = "Val") -> tuple[
         SegmentationDataset | None, SegmentationDataset, str]:
     """(train, val, description). On the phantom the data is generated here."""
     progress = not args.no_progress
     if args.data_root is None:
-        train = PhantomDataset(args.phantom_train, task=args.task, size=args.size,
-                               seed=args.seed, augment=args.augment)
+        train = None if args.evaluate is not None else PhantomDataset(
+            args.phantom_train, task=args.task, size=args.size, seed=args.seed,
+            augment=args.augment)
         val = PhantomDataset(args.phantom_val, task=args.task, size=args.size,
                              seed=args.seed + 10_000)
+        n_train = f"{len(train)} train / " if train is not None else ""
         return train, val, (f"synthetic chest X-ray phantom (no --data-root): "
-                            f"{len(train)} train / {len(val)} val cases, seed {args.seed}")
+                            f"{n_train}{len(val)} val cases, seed {args.seed}")
     train = None
     if args.evaluate is None:
         train = CovidQUDataset(args.data_root, split="Train", task=args.task, size=args.size,
@@ -151,9 +267,8 @@ def load_data(args: argparse.Namespace, split: str = "Val") -> tuple[
 
 # ----------------------------------------------------------------------------- model
 def build_model(args: argparse.Namespace) -> tuple[sg.ScoreModel, sg.UNetConfig]:
-    preset = args.preset or ("small" if args.data_root is not None else "tiny")
-    config = sg.UNetConfig.from_preset(preset, in_channels=1, out_channels=1, cond_channels=1,
-                                       cond_mode=args.cond)
+    config = sg.UNetConfig.from_preset(preset_of(args), in_channels=1, out_channels=1,
+                                       cond_channels=1, cond_mode=args.cond)
     model = sg.ScoreModel(sg.UNet(config), sg.VPSDE.ddpm(**SDE_ARGS), args.prediction)
     return model, config
 
@@ -164,13 +279,14 @@ def net_factory(**config: Any) -> sg.UNet:
 
 def run_segmentation(model: sg.ScoreModel, ds: SegmentationDataset, idx: torch.Tensor,
                      args: argparse.Namespace, *, steps: int, ensemble: int,
-                     progress: bool) -> tuple[dict[str, dict[str, float]], Any]:
+                     progress: bool, desc: str | None = None,
+                     ) -> tuple[dict[str, dict[str, float]], Any]:
     was_training = model.training
     model.eval()
     output = segment(model, ds.images[idx], sampler=args.sampler, steps=steps,
                      ensemble=ensemble, fuse_method=args.fuse, batch_size=128,
                      generator=torch.Generator(model.device).manual_seed(args.seed),
-                     progress=progress)
+                     progress=progress, desc=desc)
     model.train(was_training)
     metrics = evaluate_segmentation(output, ds.images[idx], ds.masks[idx],
                                     groups=class_groups(args.task, ds, idx))
@@ -194,13 +310,15 @@ def seed_column(task: str, cond: str) -> dict[str, float] | None:
     return SEED_RESULTS.get(task, {}).get(cond) if isinstance(SEED_RESULTS, dict) else None
 
 
-def results_markdown(task: str, columns: dict[str, dict[str, float]], protocol: str = "") -> str:
+def results_markdown(title: str, columns: dict[str, dict[str, float]], protocol: str = "") -> str:
     note = f"{protocol}\n\n" if protocol else ""
-    return f"### {task} segmentation\n\n{note}{metrics_table(columns)}\n"
+    return f"### {title}\n\n{note}{metrics_table(columns)}\n"
 
 
 def save_figures(out: Path, model: sg.ScoreModel, ds: SegmentationDataset, idx: torch.Tensor,
-                 args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+                 args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[Path]:
+    """``figures/examples.png`` (6 validation cases, K >= 5 draws for the uncertainty) and
+    ``figures/dice.png`` (validation Dice per epoch); returns the paths written."""
     from scoregen.segmentation import segmentation_panels
 
     figures = out / "figures"
@@ -208,44 +326,58 @@ def save_figures(out: Path, model: sg.ScoreModel, ds: SegmentationDataset, idx: 
     show = idx[:6]
     k = max(args.ensemble, 5)  # uncertainty needs several draws
     _, output = run_segmentation(model, ds, show, args, steps=args.sampling_steps, ensemble=k,
-                                 progress=False)
-    segmentation_panels(ds.images[show], ds.masks[show], output.fused, output.uncertainty,
-                        figures / "examples.png",
-                        titles=[f"{ds.classes_of[i]}: {ds.names[i]}" for i in show.tolist()])
+                                 progress=not args.no_progress, desc="figures")
+    phantom = args.data_root is None
+    if phantom:
+        titles = [f"phantom case {i}: {ds.classes_of[i]}" for i in show.tolist()]
+    else:
+        titles = [f"{ds.classes_of[i]}: {ds.names[i]}" for i in show.tolist()]
+    kind = "synthetic phantom (not real X-rays)" if phantom else "COVID-QU-Ex"
+    paths = [segmentation_panels(
+        ds.images[show], ds.masks[show], output.fused, output.uncertainty,
+        figures / "examples.png", titles=titles,
+        title=f"{args.task} segmentation, {kind}: {args.sampler} {args.sampling_steps} steps, "
+              f"K = {k} draws fused by {args.fuse}")]
     if rows:
         epochs = [r["epoch"] for r in rows]
         curves = {"validation Dice (all)": (epochs, [r["dice"] for r in rows])}
         for key in (k for k in rows[-1] if k.endswith("_dice")):
             values = [r.get(key, math.nan) for r in rows]
             curves[f"validation Dice ({key[:-5]})"] = (epochs, values)
-        plot_curves(curves, figures / "dice.png", xlabel="epoch",
-                    panels={"validation Dice per epoch": list(curves)})
+        n = len(random_subset(len(ds), args.epoch_eval_samples, args.seed + 1))
+        paths.append(plot_curves(
+            curves, figures / "dice.png", xlabel="epoch", ylabel="Dice (threshold 0.5)",
+            panels={f"validation Dice per epoch ({n} images, {args.epoch_eval_steps} "
+                    f"{args.sampler} steps{', phantom' if phantom else ''})": list(curves)}))
+    return paths
 
 
-def plot_loss(trainer: sg.Trainer, path: Path) -> None:
+def plot_loss(trainer: sg.Trainer, path: Path) -> Path | None:
     """The DSM loss curve of ``trainer``'s ``metrics.jsonl`` (the trainer draws no figures)."""
     steps, losses = loss_curve(trainer.read_metrics())
-    if steps:
-        name = f"DSM loss (mean of {trainer.host.log_every} steps)"
-        plot_curves({name: (steps, losses)}, path, xlabel="step",
-                    logy=[name] if min(losses) > 0 else [])
+    if not steps:
+        return None
+    name = f"DSM loss (mean of {trainer.host.log_every} steps)"
+    return plot_curves({name: (steps, losses)}, path, xlabel="training step",
+                       ylabel="loss", logy=[name] if min(losses) > 0 else [])
 
 
 # ----------------------------------------------------------------------------- train + eval
 def train_and_evaluate(args: argparse.Namespace, out: Path, train_ds: SegmentationDataset,
                        val_ds: SegmentationDataset, data_note: str) -> dict[str, Any] | None:
     device = resolve_device(args.device)
+    threads = set_threads(args, device)
     progress = not args.no_progress
     torch.manual_seed(args.seed)
     model, unet_config = build_model(args)
     model.to(device)
     precision = devices.default_precision(device) if args.precision == "auto" else args.precision
-    epochs = args.epochs or (40 if args.data_root is not None else 6)
+    epochs = args.epochs if args.epochs is not None else (40 if args.data_root is not None else 6)
     steps_per_epoch = len(train_ds) // args.batch_size
     if steps_per_epoch < 1:
-        raise SystemExit(
+        raise ValueError(
             f"--batch-size {args.batch_size} exceeds the {len(train_ds)} training cases")
-    total = args.steps or epochs * steps_per_epoch
+    total = args.steps if args.steps is not None else epochs * steps_per_epoch
     config = sg.TrainConfig(
         lr=args.lr, warmup_steps=min(args.warmup, total // 10), lr_schedule="cosine",
         min_lr=args.lr * 0.05, max_steps=total, batch_size=args.batch_size,
@@ -257,7 +389,10 @@ def train_and_evaluate(args: argparse.Namespace, out: Path, train_ds: Segmentati
         progress=progress,
     )
     trainer = sg.Trainer(model, config, out, host=host, model_config=unet_config.to_dict(),
-                         device=device, on_existing="overwrite" if args.overwrite else "refuse")
+                         device=device, run_info=run_info(args),
+                         on_existing="overwrite" if args.overwrite else "refuse")
+    if trainer.is_main and device.type == "cpu":
+        print(f"{threads} torch thread{'s' if threads != 1 else ''} (--threads {args.threads})")
     if args.resume and trainer.resume():
         print(f"resumed from step {trainer.global_step} (epoch {trainer.epoch}), "
               f"run {trainer.run_id}")
@@ -273,16 +408,17 @@ def train_and_evaluate(args: argparse.Namespace, out: Path, train_ds: Segmentati
         if (epoch + 1) % args.eval_every and not last:
             return None
         metrics, _ = run_segmentation(tr.ema_model, val_ds, epoch_idx, args,
-                                      steps=args.epoch_eval_steps, ensemble=1, progress=False)
+                                      steps=args.epoch_eval_steps, ensemble=1,
+                                      progress=progress and tr.is_main, desc="epoch eval")
         row = {"epoch": epoch, "step": tr.global_step, **metrics["all"]}
         for group, values in metrics.items():
             if group != "all":
                 row[f"{group}_dice"] = values["dice"]
         extra = "".join(f", {k[:-5]} {v:.4f}" for k, v in row.items() if k.endswith("_dice"))
-        if tr.is_main:
-            print(f"epoch {epoch:3d} step {tr.global_step:6d}  loss {tr.last_loss:.4f}  "
-                  f"val Dice {row['dice']:.4f}{extra} ({len(epoch_idx)} images, "
-                  f"{args.epoch_eval_steps} {args.sampler} steps)", flush=True)
+        if tr.is_main:  # its own line, above the training bar
+            tqdm.write(f"epoch {epoch:3d} step {tr.global_step:6d}  loss {tr.last_loss:.4f}  "
+                       f"val Dice {row['dice']:.4f}{extra} ({len(epoch_idx)} images, "
+                       f"{args.epoch_eval_steps} {args.sampler} steps)")
         return {"epoch_eval": row}
 
     fitted = trainer.fit(train_ds, steps=total, batch_fn=lambda b: (b["mask"], b["image"]),
@@ -291,23 +427,26 @@ def train_and_evaluate(args: argparse.Namespace, out: Path, train_ds: Segmentati
         raise SystemExit(fitted["status"])
     if not trainer.is_main:  # under torchrun, rank 0 evaluates and writes the results
         return None
-    plot_loss(trainer, out / "loss.png")
+    loss_png = plot_loss(trainer, out / "loss.png")
     rows = [r["epoch_eval"] for r in trainer.read_metrics() if "epoch_eval" in r]
     write_epoch_table(out, rows)
 
     ema = trainer.ema_model.eval()
     final, _ = run_segmentation(ema, val_ds, eval_idx, args, steps=args.sampling_steps,
-                                ensemble=args.ensemble, progress=progress)
-    save_figures(out, ema, val_ds, eval_idx, args, rows)
+                                ensemble=args.ensemble, progress=progress, desc="final eval")
+    figures = save_figures(out, ema, val_ds, eval_idx, args, rows)
     result = {
         "task": args.task, "cond": args.cond, "data": data_note,
         "real_data": args.data_root is not None,
+        "data_root": None if args.data_root is None else str(args.data_root),
         "protocol": protocol_note(args, len(eval_idx)),
-        "preset": args.preset or ("small" if args.data_root is not None else "tiny"),
+        "preset": preset_of(args),
         "prediction": args.prediction, "steps": trainer.global_step, "epochs": trainer.epoch,
         "train_seconds": round(trainer.train_seconds, 1), "device": str(device),
-        "hardware": devices.describe_device(device), "command": " ".join(sys.argv),
-        "metrics": final,
+        "threads": threads, "hardware": devices.describe_device(device),
+        "command": " ".join(sys.argv), "metrics": final,
+        "checkpoint": str(latest_checkpoint(out / "checkpoints")),
+        "figures": [str(p) for p in [*figures, loss_png] if p is not None],
     }
     (out / "results.json").write_text(json.dumps(result, indent=2))
     return result
@@ -319,6 +458,13 @@ def protocol_note(args: argparse.Namespace, n: int) -> str:
             "threshold 0.5; micro metrics over all pixels, per-image Dice beside them")
 
 
+def group_heading(task: str, group: str, metrics: dict[str, float]) -> str:
+    """``lung segmentation [all], 64 images``: each table says how many images its group
+    has (the protocol line counts all of them)."""
+    n = metrics.get("n_images")
+    return f"{task} segmentation [{group}]" + (f", {n} image{'s' if n != 1 else ''}" if n else "")
+
+
 def report(result: dict[str, Any]) -> str:
     """The final table, with the seed's column beside ours on the real data."""
     lines = [f"data: {result['data']}", f"protocol: {result['protocol']}"]
@@ -328,7 +474,7 @@ def report(result: dict[str, Any]) -> str:
         seed = seed_column(result["task"], result["cond"]) if result["real_data"] else None
         if seed is not None:
             columns[f"seed ({result['cond']})"] = seed
-        tables.append(results_markdown(f"{result['task']} [{group}]", columns))
+        tables.append(results_markdown(group_heading(result["task"], group, metrics), columns))
     return "\n".join(lines) + "\n\n" + "\n".join(tables)
 
 
@@ -343,33 +489,133 @@ def compare_table(results: dict[str, dict[str, Any]]) -> str:
             seed = seed_column(task, cond) if first["real_data"] else None
             if seed is not None:
                 columns[f"seed {cond}"] = seed
-        out.append(results_markdown(f"{task} [{group}]", columns,
-                                    next(iter(results.values()))["protocol"]))
+        out.append(results_markdown(group_heading(task, group, first["metrics"][group]),
+                                    columns, first["protocol"]))
     return "\n".join(out)
 
 
-# ----------------------------------------------------------------------------- main
-def evaluate_checkpoint(args: argparse.Namespace) -> None:
+# ----------------------------------------------------------------------------- evaluate
+def find_checkpoint(path: Path) -> tuple[Path, Checkpoint]:
+    """``path`` itself, or the newest checkpoint of a run folder (``path/checkpoints`` or
+    ``path``) that loads; the ones skipped on the way are named."""
+    if path.is_file():
+        return path, load_checkpoint(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--evaluate {path}: no such checkpoint file or run folder")
+    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    found = list_checkpoints(folder)
+    if not found:
+        raise FileNotFoundError(f"--evaluate {path}: no step_*.safetensors checkpoint in "
+                                f"{folder}")
+    for candidate in reversed(found):
+        try:
+            return candidate, load_checkpoint(candidate)
+        except Exception as err:  # noqa: BLE001 - any unreadable file: fall back, say so
+            print(f"skipped {candidate}: {one_line(err)}", file=sys.stderr)
+    raise ValueError(f"--evaluate {path}: none of the {len(found)} checkpoints in {folder} "
+                     "loads")
+
+
+def settings_from_checkpoint(args: argparse.Namespace, path: Path, ck: Checkpoint) -> list[str]:
+    """Take task, size, cond, preset and prediction from the checkpoint into ``args``.
+
+    An explicit flag that differs from the checkpoint is refused (ValueError, one line);
+    a checkpoint without run_info (written before it existed) falls back to the flags or
+    their defaults. Returns the notes to print."""
+    info, model_config = ck.run_info, ck.model_config or {}
+    saved = {"task": info.get("task"), "size": info.get("image_size"),
+             "cond": model_config.get("cond_mode"), "preset": info.get("preset"),
+             "prediction": ck.prediction}
+    notes = []
+    if info.get("example") not in (None, "covid_qu_seg"):
+        raise ValueError(f"--evaluate {path}: a checkpoint of {info['example']}, not of "
+                         "covid_qu_seg")
+    for name, value in saved.items():
+        given = getattr(args, name)
+        if value is None:
+            if name == "preset":
+                if given is not None:
+                    notes.append(f"--preset {given} ignored: the U-Net's shape comes from "
+                                 "the checkpoint")
+                continue
+            setattr(args, name, given if given is not None else MODEL_DEFAULTS[name])
+            notes.append(f"{name} {getattr(args, name)} from the command line")
+            continue
+        if given is not None and given != value:
+            raise ValueError(f"--{name} {given} does not match the checkpoint: {path} was "
+                             f"trained with {name} {value} (drop --{name})")
+        setattr(args, name, value)
+    if not info:
+        notes.insert(0, f"NOTE: {path} carries no run_info (written before it existed): "
+                        "task and image size cannot be checked;")
+    return notes
+
+
+def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
-    model = sg.load_model(args.evaluate, net_factory, device=device)
+    set_threads(args, device)
+    path, ck = find_checkpoint(args.evaluate)
+    notes = settings_from_checkpoint(args, path, ck)
+    if notes:
+        print(" ".join(notes))
+    model = sg.load_model(path, net_factory, device=device)
     _, val_ds, note = load_data(args, split=args.split)
     idx = random_subset(len(val_ds), args.eval_samples, args.seed)
     metrics, _ = run_segmentation(model, val_ds, idx, args, steps=args.sampling_steps,
-                                  ensemble=args.ensemble, progress=not args.no_progress)
+                                  ensemble=args.ensemble, progress=not args.no_progress,
+                                  desc="evaluate")
     out = args.out
+    if out is None:  # the evaluated run's folder
+        out = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     out.mkdir(parents=True, exist_ok=True)
-    result = {"task": args.task, "cond": "checkpoint", "data": note,
-              "protocol": protocol_note(args, len(idx)), "checkpoint": str(args.evaluate),
-              "command": " ".join(sys.argv), "metrics": metrics}
+    result = {"task": args.task, "size": args.size, "cond": args.cond, "data": note,
+              "protocol": protocol_note(args, len(idx)), "checkpoint": str(path),
+              "step": ck.step, "run_info": ck.run_info, "command": " ".join(sys.argv),
+              "metrics": metrics}
     (out / "evaluation.json").write_text(json.dumps(result, indent=2))
-    text = "\n".join(results_markdown(f"{args.task} [{g}]", {"value": m}, result["protocol"])
-                     for g, m in metrics.items())
-    (out / "evaluation.md").write_text(f"data: {note}\n\n{text}")
-    print(f"data: {note}\n{text}\nwrote {out / 'evaluation.json'}")
+    text = "\n".join(results_markdown(group_heading(args.task, g, m), {"value": m},
+                                      result["protocol"]) for g, m in metrics.items())
+    (out / "evaluation.md").write_text(f"data: {note}\n\ncheckpoint: {path}\n\n{text}")
+    print(f"data: {note}\ncheckpoint: {path} (step {ck.step})\n{text}")
+    print(f"Dice {metrics['all']['dice']:.4f} on {metrics['all']['n_images']} images; "
+          f"wrote {out / 'evaluation.json'} and {out / 'evaluation.md'}")
+    return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+# ----------------------------------------------------------------------------- main
+def one_line(err: BaseException) -> str:
+    """An error as one line (multi-line messages joined with '; ')."""
+    text = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return text or type(err).__name__
+
+
+#: Errors of data, paths and flags: one line on stderr (``--debug``: the traceback).
+USER_ERRORS = (ValueError, TypeError, OSError, CheckpointError, ExistingRunError,
+               OutDirInUseError)
+
+
+def summary(results: dict[str, dict[str, Any]], out: Path, seconds: float) -> str:
+    """The run's last lines: final Dice, wall time, where everything went."""
+    lines = [f"done in {seconds:.0f} s wall"]
+    for cond, r in results.items():
+        m = r["metrics"]["all"]
+        groups = "".join(f", {g} {v['dice']:.4f} ({v['n_images']})"
+                         for g, v in r["metrics"].items() if g != "all")
+        run = Path(r["checkpoint"]).parent.parent
+        lines += [f"{r['task']} / {cond}: Dice {m['dice']:.4f} on {m['n_images']} validation "
+                  f"images{groups}; trained {r['steps']} steps in {r['train_seconds']:.0f} s",
+                  f"  results:    {run / 'results.json'}, {run / 'results.md'}",
+                  f"  figures:    {', '.join(r['figures'])}",
+                  f"  checkpoint: {r['checkpoint']}",
+                  f"  evaluate:   python examples/covid_qu_seg.py --evaluate {run}"
+                  + (f" --data-root {r['data_root']}" if r.get("data_root") else "")]
+    if len(results) > 1:
+        lines.append(f"  comparison: {out / 'comparison.md'}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
     if args.evaluate is not None:
         evaluate_checkpoint(args)
         return 0
@@ -394,7 +640,21 @@ def main(argv: list[str] | None = None) -> int:
         text = compare_table(results)
         (args.out / "comparison.md").write_text(text)
         print(text)
+    if results:
+        print(summary(results, args.out, time.perf_counter() - t0))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except USER_ERRORS as err:
+        if args.debug:
+            raise
+        print(f"covid_qu_seg.py: error: {one_line(err)} (--debug shows the traceback)",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ RUNS: dict[str, tuple[str, dict, dict]] = {
 
 def main(argv: Sequence[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("toy_2d.png"), help="PNG to write")
+    parser.add_argument("--out", type=Path, default=Path("runs/toy_2d.png"), help="PNG to write")
     parser.add_argument("--n", type=int, default=None, help="samples per panel (2000)")
     parser.add_argument("--sde", choices=sorted(SDES), default="ddpm")
     parser.add_argument("--quick", action="store_true", help="300 samples, fewer steps")

@@ -8,7 +8,8 @@ import platform
 
 import torch
 
-__all__ = ["resolve_device", "default_precision", "device_name", "describe_device"]
+__all__ = ["resolve_device", "default_precision", "device_name", "describe_device",
+           "resolve_threads"]
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -59,5 +60,32 @@ def describe_device(device: torch.device | str = "cpu") -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return f"{device_name(device)} (CUDA)"
+    threads = torch.get_num_threads()
     return (f"{device_name(device)}, {os.cpu_count()} cores, "
-            f"{torch.get_num_threads()} torch threads")
+            f"{threads} torch thread{'s' if threads != 1 else ''}")
+
+
+def resolve_threads(spec: int | str = "auto", *, cap: int | None = None) -> int:
+    """Torch intra-op threads for this host: an int >= 1 as given, or ``"auto"``.
+
+    ``"auto"`` takes the cores not already busy, ``round(cores - load)`` with ``load`` the
+    1-minute load average (``os.getloadavg``), at least 1 and at most ``cap`` (default
+    ``torch.get_num_threads()``, i.e. ``OMP_NUM_THREADS`` when set). Reason (measured in
+    ``benchmarks/host_times.py``): OpenMP threads spin-wait for each other, so on a core
+    another process holds, a second thread costs far more than it gains (a training step
+    of the X-ray example was 1.0-15x slower, never faster, with 2 threads than with 1
+    beside other jobs, ``docs/benchmarks.md``), while on idle cores 2 threads are faster
+    (issue 12: the main job in 183 s with 2 threads). Hosts without a load average get
+    ``cap``.
+    """
+    cap = torch.get_num_threads() if cap is None else cap
+    if spec != "auto":
+        if isinstance(spec, bool) or not isinstance(spec, int) or spec < 1:
+            raise ValueError(f"threads must be an integer >= 1 or 'auto', got {spec!r}")
+        return spec
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average (Windows)
+        return max(1, cap)
+    free = round((os.cpu_count() or 1) - load)
+    return max(1, min(cap, free))

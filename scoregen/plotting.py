@@ -11,7 +11,7 @@ Sizes are deterministic (``figsize * DPI``, no tight bounding box), stated per f
 |-------------------------|-----------------------------------------------------------|
 | plot_sampler_accuracy   | ``100 (4.5 panels + 1.5)`` x ``350``                      |
 | scatter_panels          | ``100 PANEL * ncols`` x ``100 PANEL * rows``              |
-| plot_curves             | ``100 PANEL * panels`` x ``100 PANEL``                    |
+| plot_curves             | ``100 CURVE_PANEL[0] * panels`` x ``100 CURVE_PANEL[1]``  |
 | image_grid              | ``ncol (W + pad) + pad`` x ``rows (H + pad) + pad``, exact |
 
 with ``PANEL = 3`` inches, ``DPI = 100``. Application figures (the X-ray panels of
@@ -31,11 +31,12 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 
 __all__ = [
     "plot_sampler_accuracy", "scatter_panels", "image_grid", "plot_curves",
     "new_figure", "image_array", "png_path", "save_png", "DPI", "PANEL", "ACC_PANEL",
+    "CURVE_PANEL",
 ]
 
 #: Resolution of every matplotlib figure written here.
@@ -44,6 +45,9 @@ DPI = 100
 PANEL = 3.0
 #: (width, height) of one panel of :func:`plot_sampler_accuracy`, in inches.
 ACC_PANEL = (4.5, 3.5)
+#: (width, height) of one panel of :func:`plot_curves`, in inches: wide enough for a
+#: readable title, axis labels and legend (500 x 360 pixels).
+CURVE_PANEL = (5.0, 3.6)
 #: Extra width for the legend of :func:`plot_sampler_accuracy`, in inches.
 _LEGEND_W = 1.5
 
@@ -260,6 +264,7 @@ def plot_curves(
     *,
     panels: Mapping[str, Sequence[str]] | None = None,
     xlabel: str = "step",
+    ylabel: str | None = None,
     logy: Sequence[str] = (),
 ) -> Path:
     """Named series vs step or epoch (e.g. loss and Dice), one panel per group.
@@ -269,8 +274,10 @@ def plot_curves(
         panels: ``{panel title: [series names]}`` to group series; default one panel per
             series (so a loss and a Dice in [0, 1] do not share an axis).
         xlabel: the x-axis label ("step", "epoch", ...).
+        ylabel: the y-axis label of every panel; default the series' name in a panel of
+            one series, "value" otherwise.
         logy: panel titles to draw with a logarithmic y-axis.
-        path: the PNG, ``100 PANEL * panels`` x ``100 PANEL`` pixels.
+        path: the PNG, ``100 CURVE_PANEL[0] * panels`` x ``100 CURVE_PANEL[1]`` pixels.
     """
     if not isinstance(curves, Mapping) or not curves:
         raise ValueError("curves must be a non-empty mapping {name: values or (x, values)}")
@@ -285,7 +292,7 @@ def plot_curves(
     if bad_logy:
         raise ValueError(f"logy names unknown panels {bad_logy}; panels: {list(groups)}")
     path = png_path(path)
-    fig = new_figure(PANEL * len(groups), PANEL)
+    fig = new_figure(CURVE_PANEL[0] * len(groups), CURVE_PANEL[1])
     axes = fig.subplots(1, len(groups), squeeze=False)[0]
     for ax, (title, names) in zip(axes, groups.items(), strict=True):
         for name in names:
@@ -293,8 +300,12 @@ def plot_curves(
             ax.plot(x, y, lw=1.2, label=name, marker="o" if x.size < 30 else None, ms=3)
         if title in logy:
             ax.set_yscale("log")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel(xlabel)
+        if all(np.allclose(data[n][0], np.round(data[n][0])) for n in names):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs, steps: no 0.2
+        ax.set_ylabel(ylabel if ylabel is not None else (names[0] if len(names) == 1
+                                                         else "value"))
         ax.grid(alpha=0.3)
         if len(names) > 1:
             ax.legend(fontsize=7)

@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from scoregen.devices import default_precision, describe_device, device_name, resolve_device
+import scoregen.devices as devices_module
+from scoregen.devices import (
+    default_precision,
+    describe_device,
+    device_name,
+    resolve_device,
+    resolve_threads,
+)
 
 
 def test_auto_and_named_devices():
@@ -29,4 +36,32 @@ def test_unknown_devices_are_rejected(name):
 
 def test_device_description_names_the_machine():
     text = describe_device("cpu")
-    assert "cores" in text and "torch threads" in text and len(device_name("cpu")) > 0
+    assert "cores" in text and "torch thread" in text and len(device_name("cpu")) > 0
+
+
+def test_one_torch_thread_is_singular(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert describe_device("cpu").endswith(", 1 torch thread")
+
+
+@pytest.mark.parametrize(("cores", "load", "cap", "expected"), [
+    (2, 0.1, 2, 2),   # idle: every core
+    (2, 1.0, 2, 1),   # one other job: the free core
+    (2, 3.5, 2, 1),   # overloaded: still one thread
+    (16, 4.2, 8, 8),  # never above the cap (OMP_NUM_THREADS / torch's default)
+], ids=["idle", "one-job", "overloaded", "capped"])
+def test_auto_threads_take_the_cores_other_processes_leave(monkeypatch, cores, load, cap,
+                                                            expected):
+    monkeypatch.setattr(devices_module.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(devices_module.os, "getloadavg", lambda: (load, load, load))
+    assert resolve_threads("auto", cap=cap) == expected
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "two", True], ids=str)
+def test_bad_thread_counts_are_refused(bad):
+    with pytest.raises(ValueError, match="integer >= 1 or 'auto'"):
+        resolve_threads(bad)
+
+
+def test_explicit_thread_counts_pass_through():
+    assert resolve_threads(3) == 3

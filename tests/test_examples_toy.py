@@ -37,6 +37,15 @@ def test_toy_2d_quick_writes_one_png_with_a_panel_per_sampler(tmp_path, capsys):
     assert {name for name, *_ in toy["RUNS"].values()} == set(sg.SAMPLERS)  # every sampler
 
 
+def test_toy_2d_writes_under_runs_by_default_not_into_the_working_folder(tmp_path,
+                                                                        monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    toy = _load("examples/toy_2d.py")
+    path = toy["main"](["--quick", "--n", "16"])
+    assert path == Path("runs/toy_2d.png") and (tmp_path / "runs" / "toy_2d.png").is_file()
+    assert not (tmp_path / "toy_2d.png").exists()
+
+
 @pytest.fixture(scope="module")
 def bench():
     return _load("benchmarks/samplers.py")

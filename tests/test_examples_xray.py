@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from scoregen.segmentation import write_phantom_folder
+from scoregen.train.checkpoint import load_checkpoint, write_checkpoint
+from scoregen.train.checkpoint_dir import latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,15 +33,17 @@ TINY = ["--phantom-train", "48", "--phantom-val", "8", "--size", "16", "--batch-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One tiny phantom run shared by the tests below."""
+    """One tiny phantom run shared by the tests below: (module, out folder, stdout)."""
     out = tmp_path_factory.mktemp("seg") / "run"
     example = _load("examples/covid_qu_seg.py")
-    assert example.main([*TINY, "--task", "infection", "--out", str(out)]) == 0
-    return example, out
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert example.main([*TINY, "--task", "infection", "--out", str(out)]) == 0
+    return example, out, buffer.getvalue()
 
 
 def test_the_example_runs_on_the_phantom_and_writes_every_output(trained, capsys):
-    _, out = trained
+    _, out, _ = trained
     result = json.loads((out / "results.json").read_text())
     assert "phantom" in result["data"]
     assert result["steps"] == 2 * (48 // 16)
@@ -49,11 +56,38 @@ def test_the_example_runs_on_the_phantom_and_writes_every_output(trained, capsys
     epochs = json.loads((out / "epochs.json").read_text())
     assert [row["epoch"] for row in epochs] == [0, 1]
     text = (out / "results.md").read_text()
-    assert "| DICE index |" in text and "seed (" not in text  # no seed column on the phantom
+    assert "| Dice |" in text and "seed (" not in text  # no seed column on the phantom
+    # each group's table says how many images it has (COVID-19 is a part of all 8)
+    n_covid = result["metrics"]["COVID-19"]["n_images"]
+    assert f"[COVID-19], {n_covid} image" in text and "[all], 8 images" in text
+    assert result["threads"] >= 1 and result["train_seconds"] >= 0
+
+
+def test_the_run_ends_with_a_summary_of_where_everything_went(trained):
+    _, out, printed = trained
+    tail = printed.split("done in ", 1)[1]
+    assert " s wall" in tail and "Dice" in tail
+    for name in ("results.json", "figures/examples.png", "figures/dice.png", "loss.png",
+                 "checkpoints/step_00000006.safetensors"):
+        assert str(out / name) in tail, name
+    assert f"--evaluate {out}" in tail
+
+
+def test_checkpoints_carry_the_run_info_evaluate_needs(trained):
+    _, out, _ = trained
+    info = load_checkpoint(latest_checkpoint(out / "checkpoints")).run_info
+    assert info == {"example": "covid_qu_seg", "task": "infection", "masks": "infection masks",
+                    "image_size": 16, "data": "phantom", "preset": "tiny"}
+
+
+def test_epoch_summaries_are_lines_of_their_own(trained):
+    _, _, printed = trained
+    lines = [line for line in printed.splitlines() if "val Dice" in line]
+    assert len(lines) == 2 and all(line.startswith("epoch ") for line in lines)
 
 
 def test_resume_continues_from_the_last_checkpoint(trained, capsys):
-    example, out = trained
+    example, out, _ = trained
     capsys.readouterr()
     with pytest.warns(UserWarning, match="changed TrainConfig"):  # 2 -> 3 epochs
         assert example.main([*TINY, "--task", "infection", "--epochs", "3", "--resume",
@@ -63,21 +97,103 @@ def test_resume_continues_from_the_last_checkpoint(trained, capsys):
 
 
 def test_a_saved_model_evaluates_on_any_folder_in_the_covid_qu_ex_layout(trained, tmp_path):
-    example, out = trained
+    example, out, _ = trained
     root = write_phantom_folder(tmp_path / "data", n_train=4, n_val=6, size=16, seed=3)
     checkpoint = sorted((out / "checkpoints").glob("*.safetensors"))[-1]
     ev = tmp_path / "ev"
+    # task and size come from the checkpoint: none given here
     assert example.main(["--evaluate", str(checkpoint), "--data-root", str(root), "--split",
-                         "Val", "--task", "infection", "--sampling-steps", "2", "--out",
-                         str(ev), "--no-progress"]) == 0
+                         "Val", "--sampling-steps", "2", "--out", str(ev),
+                         "--no-progress"]) == 0
     result = json.loads((ev / "evaluation.json").read_text())
     assert result["metrics"]["all"]["n_images"] == 6
-    with pytest.raises(SystemExit):
-        example.main(["--evaluate", str(checkpoint)])  # needs --data-root
+    assert (result["task"], result["size"]) == ("infection", 16)
+    assert (ev / "evaluation.md").is_file()
+
+
+def test_evaluate_takes_a_run_folder_and_writes_beside_it_on_the_phantom(trained, capsys):
+    example, out, _ = trained
+    assert example.main(["--evaluate", str(out), "--sampling-steps", "1", "--eval-samples",
+                         "4", "--no-progress"]) == 0
+    result = json.loads((out / "evaluation.json").read_text())
+    assert result["checkpoint"] == str(latest_checkpoint(out / "checkpoints"))
+    assert "phantom" in result["data"] and result["metrics"]["all"]["n_images"] == 4
+
+
+def test_evaluate_falls_back_to_the_newest_checkpoint_that_loads(trained, tmp_path, capsys):
+    example, out, _ = trained
+    run = tmp_path / "run"
+    shutil.copytree(out / "checkpoints", run / "checkpoints")
+    newest = latest_checkpoint(run / "checkpoints")
+    good = sorted((run / "checkpoints").glob("step_*.safetensors"))[-2]
+    newest.write_bytes(newest.read_bytes()[:100])  # truncated: does not load
+    assert example.main(["--evaluate", str(run), "--sampling-steps", "1", "--eval-samples",
+                         "2", "--no-progress"]) == 0
+    assert f"skipped {newest}" in capsys.readouterr().err
+    assert json.loads((run / "evaluation.json").read_text())["checkpoint"] == str(good)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--task", "lung"], "--task lung does not match the checkpoint"),
+    (["--size", "64"], "--size 64 does not match the checkpoint"),  # a 16 px model at 64 px
+    (["--cond", "concat"], "--cond concat does not match"),
+    (["--prediction", "eps"], "--prediction eps does not match"),
+    (["--preset", "small"], "--preset small does not match"),
+], ids=["task", "size", "cond", "prediction", "preset"])
+def test_evaluate_refuses_a_flag_that_contradicts_the_checkpoint(trained, capsys, flags,
+                                                                 message):
+    example, out, _ = trained
+    assert example.main(["--evaluate", str(out), *flags, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_checkpoint_without_run_info_falls_back_to_the_flags_and_says_so(trained, tmp_path,
+                                                                           capsys):
+    example, out, _ = trained
+    ck = load_checkpoint(latest_checkpoint(out / "checkpoints"))
+    old = tmp_path / "old.safetensors"
+    write_checkpoint(old, ck.tensors, {**ck.meta, "run_info": {}})
+    assert example.main(["--evaluate", str(old), "--task", "infection", "--size", "16",
+                         "--sampling-steps", "1", "--eval-samples", "2", "--out",
+                         str(tmp_path / "ev"), "--no-progress"]) == 0
+    assert "carries no run_info" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--data-root", "/nonexistent/covid"], "/nonexistent/covid does not exist"),
+    (["--evaluate", "/nonexistent/run"], "no such checkpoint file or run folder"),
+    (["--phantom-train", "8", "--batch-size", "16"], "--batch-size 16 exceeds the 8"),
+], ids=["data-root", "evaluate-path", "batch-size"])
+def test_data_and_path_errors_are_one_line(tmp_path, capsys, argv, message):
+    example = _load("examples/covid_qu_seg.py")
+    assert example.main([*argv, "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    example = _load("examples/covid_qu_seg.py")
+    with pytest.raises(FileNotFoundError):
+        example.main(["--data-root", "/nonexistent/covid", "--debug", "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize("argv", [
+    ["--epochs", "0"], ["--steps", "0"], ["--batch-size", "-1"], ["--lr", "inf"],
+    ["--lr", "0"], ["--ema-decay", "1"], ["--threads", "0"], ["--size", "x"],
+    ["--epoch-eval-samples", "0"], ["--phantom-val", "0"], ["--warmup", "-1"],
+], ids=lambda a: " ".join(a))
+def test_bad_flag_values_are_refused_at_parse_time_in_one_line(capsys, argv):
+    example = _load("examples/covid_qu_seg.py")
+    with pytest.raises(SystemExit) as exc:
+        example.parse_args(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert f"argument {argv[0]}" in err and len(err.splitlines()) == 1
 
 
 def test_segmentation_benchmark_from_a_checkpoint(trained, tmp_path):
-    _, out = trained
+    _, out, _ = trained
     checkpoint = sorted((out / "checkpoints").glob("*.safetensors"))[-1]
     bench = _load("benchmarks/segmentation.py")
     assert bench.main(["--checkpoint", str(checkpoint), "--task", "infection", "--size", "16",
@@ -101,3 +217,29 @@ def test_unconditional_example_writes_a_grid(tmp_path):
                          "--epochs", "1", "--sampling-steps", "2", "--samples", "4",
                          "--out", str(tmp_path), "--no-progress"]) == 0
     assert (tmp_path / "samples.png").is_file()
+
+
+def test_unconditional_example_refuses_bad_values_and_reports_data_errors_in_one_line(
+        tmp_path, capsys):
+    example = _load("examples/unconditional_xray.py")
+    with pytest.raises(SystemExit):
+        example.parse_args(["--epochs", "0"])
+    assert "argument --epochs: expected an integer >= 1" in capsys.readouterr().err
+    assert example.main(["--data-root", "/nonexistent/covid", "--out", str(tmp_path),
+                         "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "/nonexistent/covid does not exist" in err and len(err.splitlines()) == 1
+
+
+def test_segmentation_benchmark_writes_under_runs_by_default():
+    bench = _load("benchmarks/segmentation.py")
+    assert bench.parse_args(["--checkpoint", "x.safetensors"]).out == Path("runs/segmentation")
+
+
+def test_segmentation_benchmark_refuses_a_task_the_checkpoint_was_not_trained_for(trained,
+                                                                                 tmp_path):
+    _, out, _ = trained
+    bench = _load("benchmarks/segmentation.py")
+    with pytest.raises(SystemExit, match="--task lung does not match the checkpoint"):
+        bench.main(["--checkpoint", str(latest_checkpoint(out / "checkpoints")), "--task",
+                    "lung", "--out", str(tmp_path), "--no-progress"])

@@ -213,13 +213,13 @@ def test_metrics_table_rows_and_columns():
     assert lines[0] == "| Metric | add | concat |"
     assert lines[1] == "| --- | ---: | ---: |"
     names = [line.split(" | ")[0].removeprefix("| ") for line in lines[2:]]
-    assert names == [ROW_NAMES[k] for k in METRIC_NAMES] + ["DICE per image (macro)"]
+    assert names == [ROW_NAMES[k] for k in METRIC_NAMES] + ["Dice per image (macro)"]
     assert names[:8] == [
-        "DICE index", "Jaccard index", "Accuracy", "Sensitivity", "Specificity",
+        "Dice", "Jaccard index", "Accuracy", "Sensitivity", "Specificity",
         "Balanced Accuracy", "Precision", "MCC",
     ]
-    assert lines[2] == "| DICE index | 0.6667 | 0.6755 |"
-    assert lines[-1] == "| DICE per image (macro) | 0.6667 | – |"  # absent from the seed
+    assert lines[2] == "| Dice | 0.6667 | 0.6755 |"
+    assert lines[-1] == "| Dice per image (macro) | 0.6667 | – |"  # absent from the seed
 
 
 def test_metrics_table_single_column_and_errors():

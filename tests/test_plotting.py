@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from scoregen import plotting
-from scoregen.plotting import ACC_PANEL, DPI, PANEL
-from scoregen.segmentation.panels import SEG_PANEL, segmentation_panels
+from scoregen.plotting import ACC_PANEL, CURVE_PANEL, DPI, PANEL
+from scoregen.segmentation.panels import SEG_PANEL, segmentation_panels, uncertainty_scale
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -83,10 +83,11 @@ def test_plot_curves_grouped_and_default_panels(tmp_path):
               "val loss": (0.9, 0.6)}
     path = plotting.plot_curves(curves, tmp_path / "c.png",
                                 panels={"loss": ["loss", "val loss"], "Dice": ["dice"]},
-                                logy=["loss"], xlabel="epoch")
-    assert _png_size(path) == (_px(PANEL * 2), _px(PANEL))
+                                logy=["loss"], xlabel="epoch", ylabel="value")
+    assert _png_size(path) == (_px(CURVE_PANEL[0] * 2), _px(CURVE_PANEL[1]))
     path = plotting.plot_curves(curves, tmp_path / "d.png")
-    assert _png_size(path) == (_px(PANEL * 3), _px(PANEL))
+    assert _png_size(path) == (_px(CURVE_PANEL[0] * 3), _px(CURVE_PANEL[1]))
+    assert min(CURVE_PANEL) * DPI >= 360  # readable: not the 300 x 300 of a thumbnail
 
 
 def test_segmentation_panels(tmp_path):
@@ -98,6 +99,17 @@ def test_segmentation_panels(tmp_path):
     path = segmentation_panels(images[:1], truths[:1], hard[:1], var[:1],
                                         tmp_path / "one.png")
     assert _png_size(path) == (_px(SEG_PANEL * 4 + 0.6), _px(SEG_PANEL + 0.3))
+    path = segmentation_panels(images[:1], truths[:1], hard[:1], var[:1],
+                               tmp_path / "titled.png", title="synthetic phantom")
+    assert _png_size(path) == (_px(SEG_PANEL * 4 + 0.6), _px(SEG_PANEL + 0.6))
+
+
+@pytest.mark.parametrize(("top", "expected"), [(0.02, 0.02), (0.25, 0.25), (0.0, 0.25)],
+                         ids=["small-disagreement", "largest", "all-certain"])
+def test_the_uncertainty_scale_ends_at_the_largest_variance_shown(top, expected):
+    var = torch.zeros(2, 1, 8, 8)
+    var[1, 0, 3:5, 3:5] = top
+    assert uncertainty_scale(var) == pytest.approx(expected)
 
 
 def test_no_pyplot_state_is_touched(tmp_path):

@@ -88,3 +88,38 @@ def test_bad_options(kwargs, match):
         segment(model, _images()[0], steps=2, **kwargs)
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
         segment(model, torch.zeros(3, 8, 8), steps=2)
+
+
+class _RecordingBar:
+    """Stands in for tqdm: records the position after every update."""
+
+    def __init__(self, *args, total=None, disable=False, **kwargs):
+        self.total, self.n, self.positions = total, 0.0, []
+        _RecordingBar.last = self
+
+    def update(self, k):
+        self.n += k
+        self.positions.append(self.n)
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize(("sampler", "steps", "moves"), [("ddim", 4, 4 + 1), ("ode", None, 1)],
+                         ids=["fixed-grid", "adaptive"])
+def test_the_progress_bar_moves_with_every_sampler_step(monkeypatch, sampler, steps, moves):
+    import scoregen.segmentation.inference as inference
+
+    monkeypatch.setattr(inference, "tqdm", _RecordingBar)
+    images, _ = _images(n=6)
+    model = sg.ScoreModel(_oracle, sg.VPSDE.ddpm(), prediction="x0")
+    seen = []
+    segment(model, images, sampler=sampler, steps=steps, ensemble=2, batch_size=64,
+            progress=True, callback=lambda info: seen.append(info["i"]))
+    bar = _RecordingBar.last
+    # one batch of 6 images: 6/4 per DDIM step (not 0 until the batch ends), then the
+    # batch's exact remainder; an adaptive ODE has no step count: one move per batch
+    assert len(bar.positions) == moves and bar.positions[-1] == pytest.approx(6)
+    if steps:
+        assert bar.positions[0] == pytest.approx(6 / steps)
+    assert seen  # a callback the caller passed still runs

@@ -104,3 +104,11 @@ def test_bad_arguments_are_refused(bench, tmp_path: Path) -> None:
         bench.main([*QUICK, "--size", "18", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="no variant left"):
         bench.main([*QUICK, "--variants", "compile", "--no-compile", "--out", str(tmp_path)])
+
+
+def test_default_output_goes_under_runs_not_the_committed_results(bench, tmp_path,
+                                                                  monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert bench.main([*QUICK, "--tasks", "sample", "--variants", "eager",
+                       "--precisions", "fp32", "--isolation", "none", "--device", "cpu"])
+    assert (tmp_path / "runs" / "throughput-cpu-quick" / "throughput.json").is_file()

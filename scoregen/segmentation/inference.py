@@ -55,6 +55,7 @@ def segment(
     batch_size: int = 64,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    desc: str | None = None,
     **sampler_options: Any,
 ) -> SegmentationOutput:
     """Generate ``ensemble`` masks per image and fuse them.
@@ -68,6 +69,9 @@ def segment(
         fuse_method: ``"mean"``, ``"vote"`` or ``"staple"``.
         batch_size: images per sampler call (each call samples ``K * batch`` masks).
         generator: makes the noise, hence the masks, reproducible.
+        progress: a tqdm bar in images that moves with every sampler step (a batch of
+            ``b`` images over ``S`` steps advances it by ``b / S`` per step).
+        desc: the bar's label (default ``segment[sampler]``).
     """
     if not torch.is_tensor(images) or images.ndim != 4:
         shape = getattr(images, "shape", images)
@@ -82,7 +86,11 @@ def segment(
     n, _, h, w = images.shape
     chunks = []
     t0 = time.perf_counter()
-    bar = tqdm(total=n, desc=f"segment[{sampler}]", disable=not progress, leave=False)
+    label = desc or f"segment[{sampler}]"
+    bar = tqdm(total=n, desc=label + (f" (K={ensemble})" if ensemble > 1 else ""),
+               disable=not progress, leave=False, dynamic_ncols=True,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} images "
+                          "[{elapsed}<{remaining}]")
     for start in range(0, n, batch_size):
         cond = images[start:start + batch_size].to(device)
         b = cond.shape[0]
@@ -90,16 +98,38 @@ def segment(
         options = dict(sampler_options)
         if steps is not None:
             options["steps"] = steps
+        moved = _StepProgress(bar, b, steps, options) if progress else None
         x = sample(model, (ensemble * b, mask_channels, h, w), sampler, cond=cond_k,
                    generator=generator, **options)
         chunks.append(to_unit_interval(x.float()).reshape(ensemble, b, mask_channels, h, w).cpu())
-        bar.update(b)
+        bar.update(b - (moved.done if moved is not None else 0.0))  # the batch, exactly
     bar.close()
     samples = torch.cat(chunks, dim=1)
     fused = fuse(samples, fuse_method, threshold) if ensemble > 1 else (
         samples[0] > threshold).float()
     seconds = (time.perf_counter() - t0) / max(n, 1)
     return SegmentationOutput(fused, samples, uncertainty(samples), seconds)
+
+
+class _StepProgress:
+    """Moves ``bar`` by ``b / steps`` images per sampler step of one batch (the batch's
+    share is never exceeded), so a long batch does not sit at 0 until it ends. Installed
+    as the sampler's ``callback`` (chaining one the caller passed); without a step count
+    (an adaptive ``ode``) the bar moves once per batch."""
+
+    def __init__(self, bar: Any, b: int, steps: int | None, options: dict[str, Any]) -> None:
+        self.bar, self.b, self.done = bar, b, 0.0
+        self.inc = b / steps if steps else 0.0
+        self.user = options.get("callback")
+        options["callback"] = self
+
+    def __call__(self, info: dict[str, Any]) -> None:
+        if self.user is not None:
+            self.user(info)
+        step = min(self.inc, self.b - self.done)
+        if step > 0:
+            self.done += step
+            self.bar.update(step)
 
 
 def evaluate_segmentation(

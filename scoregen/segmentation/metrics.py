@@ -60,7 +60,7 @@ METRIC_NAMES: tuple[str, ...] = (
 
 #: Row names of the seed's results table (plus the per-image Dice we report beside it).
 ROW_NAMES: dict[str, str] = {
-    "dice": "DICE index",
+    "dice": "Dice",
     "jaccard": "Jaccard index",
     "accuracy": "Accuracy",
     "sensitivity": "Sensitivity",
@@ -68,7 +68,7 @@ ROW_NAMES: dict[str, str] = {
     "balanced_accuracy": "Balanced Accuracy",
     "precision": "Precision",
     "mcc": "MCC",
-    "dice_per_image": "DICE per image (macro)",
+    "dice_per_image": "Dice per image (macro)",
 }
 
 #: The seed talk's results (ELTE 2024, COVID-QU-Ex validation, threshold 0.5), as

@@ -1,7 +1,8 @@
 """Figures of the X-ray application: rows of X-ray | truth | prediction | uncertainty.
 
 Built on the Agg-only pieces of :mod:`scoregen.plotting` (no pyplot state); the PNG has
-``100 (SEG_PANEL * 4 + 0.6)`` x ``100 (SEG_PANEL * N + 0.3)`` pixels, ``SEG_PANEL = 2.4``
+``100 (SEG_PANEL * 4 + 0.6)`` x ``100 (SEG_PANEL * N + 0.3)`` pixels (0.3 inch more
+with a title), ``SEG_PANEL = 2.4``
 inches, ``DPI = 100``.
 """
 
@@ -10,12 +11,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from matplotlib.colors import Normalize, PowerNorm
+
 from scoregen.plotting import ArrayLike, PathLike, image_array, new_figure, png_path, save_png
 
-__all__ = ["segmentation_panels", "SEG_PANEL"]
+__all__ = ["segmentation_panels", "uncertainty_scale", "SEG_PANEL"]
 
 #: Side of one image panel of :func:`segmentation_panels`, in inches.
 SEG_PANEL = 2.4
+
+
+def uncertainty_scale(uncertainty: ArrayLike) -> float:
+    """Top of the uncertainty colour scale: the largest variance shown, or 0.25 (the
+    largest a Bernoulli variance can be) when every pixel is certain. A fixed 0.25 made
+    the typical ensemble disagreement (variance ~0.01-0.05 at the mask's edge) look blank."""
+    top = float(image_array(uncertainty, "uncertainty").max())
+    return top if top > 0 else 0.25
 
 
 def segmentation_panels(
@@ -25,6 +36,7 @@ def segmentation_panels(
     uncertainty: ArrayLike,
     path: PathLike,
     titles: Sequence[str] | None = None,
+    title: str | None = None,
 ) -> Path:
     """Rows of [X-ray | ground truth | prediction | pixel-wise uncertainty + colorbar].
 
@@ -36,9 +48,13 @@ def segmentation_panels(
             be mapped first, ``(x + 1) / 2``.
         uncertainty: ``(N, 1, H, W)`` in [0, 0.25]: the pixel-wise variance ``p (1 - p)``
             of Bernoulli samples (see :func:`scoregen.segmentation.ensemble.uncertainty`);
-            drawn with the ``magma`` colormap on the fixed range [0, 0.25] so rows compare.
+            drawn with the ``magma`` colormap on a square-root scale from 0 to ``max``,
+            the largest value of the figure (shared by its rows so they compare; 0.25,
+            the largest possible, when all are 0), so a small disagreement is visible;
+            the colour bar (in variance units) and the column head state the scale.
         path: the PNG, ``100 (SEG_PANEL * 4 + 0.6)`` x ``100 (SEG_PANEL * N + 0.3)`` pixels.
         titles: optional per-row labels (e.g. an image id and its Dice).
+        title: optional figure title (e.g. "synthetic phantom" when the data is one).
     """
     arrays = {"images": images, "truths": truths, "predictions": predictions,
               "uncertainty": uncertainty}
@@ -63,16 +79,24 @@ def segmentation_panels(
     if titles is not None and len(titles) != n:
         raise ValueError(f"titles must have one entry per image ({n}), got {len(titles)}")
     path = png_path(path)
-    fig = new_figure(SEG_PANEL * 4 + 0.6, SEG_PANEL * n + 0.3)
+    fig = new_figure(SEG_PANEL * 4 + 0.6, SEG_PANEL * n + 0.3 + (0.3 if title else 0.0))
+    if title:
+        fig.suptitle(title, fontsize=10)
     axes = fig.subplots(n, 4, squeeze=False)
-    heads = ("X-ray", "ground truth", "prediction", "uncertainty (variance)")
+    u_max = uncertainty_scale(arrs["uncertainty"])
+    heads = ("X-ray", "ground truth", "prediction",
+             f"uncertainty: variance, sqrt scale (max {u_max:.2g})")
     specs = (("images", "gray", -1, 1), ("truths", "gray", -1, 1),
-             ("predictions", "gray", 0, 1), ("uncertainty", "magma", 0, 0.25))
+             ("predictions", "gray", 0, 1), ("uncertainty", "magma", 0, u_max))
     for r in range(n):
         for q, (key, cmap, vmin, vmax) in enumerate(specs):
             ax = axes[r, q]
-            im = ax.imshow(arrs[key][r, 0], cmap=cmap, vmin=vmin, vmax=vmax,
-                           interpolation="nearest")
+            # uncertainty on a square-root scale: the typical disagreement (a thin edge of
+            # small variances) stays visible beside one hot spot; the colour bar is in
+            # variance units
+            norm = (PowerNorm(0.5, vmin=vmin, vmax=vmax) if key == "uncertainty"
+                    else Normalize(vmin=vmin, vmax=vmax))
+            im = ax.imshow(arrs[key][r, 0], cmap=cmap, norm=norm, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
