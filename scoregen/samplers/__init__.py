@@ -9,6 +9,12 @@
 | torchsde         | reverse-time SDE through ``torchsde.sdeint``       | Song et al. 2021         |
 | ode              | probability-flow ODE through ``torchdiffeq.odeint`` | Song et al. 2021        |
 | pc               | predictor–corrector (any predictor + Langevin)     | Song et al. 2021         |
+| dpmpp_2m         | DPM-Solver++(2M), multistep, data prediction       | Lu et al. 2022           |
+| dpmpp_3m         | DPM-Solver++(3M), third-order multistep            | Lu et al. 2022           |
+| dpmpp_2m_sde     | DPM-Solver++(2M) SDE variant (eta = 1)             | Lu et al. 2022           |
+| unipc            | UniPC: bh2 predictor + UniC corrector              | Zhao et al. 2023         |
+| heun             | EDM's Heun 2nd order with stochastic churn         | Karras et al. 2022       |
+| ipndm            | iPNDM, Adams–Bashforth up to 4th order in sigma/alpha | Zhang & Chen 2023     |
 
 :func:`sample` dispatches by name through the plain dict :data:`SAMPLERS` and returns
 the samples as a tensor; :func:`sample_with_info` takes the same arguments and returns a
@@ -30,17 +36,22 @@ from scoregen.model import ScoreModel
 from scoregen.samplers.ancestral import ancestral
 from scoregen.samplers.base import Generators, SampleResult, SamplingRun, record_runs
 from scoregen.samplers.ddim import ddim
+from scoregen.samplers.dpm_solver import dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
+from scoregen.samplers.edm import heun
 from scoregen.samplers.euler_maruyama import euler_maruyama
 from scoregen.samplers.grids import SPACINGS, time_grid
+from scoregen.samplers.ipndm import ipndm
 from scoregen.samplers.langevin import langevin
 from scoregen.samplers.predictor_corrector import pc
 from scoregen.samplers.probability_flow import ProbabilityFlow, ode
 from scoregen.samplers.torchsde_sampler import torchsde_sampler
+from scoregen.samplers.unipc import unipc
 
 __all__ = [
     "SAMPLERS", "sample", "sample_with_info", "SampleResult", "SamplingRun", "ancestral",
     "ddim", "langevin", "euler_maruyama", "torchsde_sampler", "ode", "pc", "time_grid",
-    "SPACINGS", "ProbabilityFlow",
+    "SPACINGS", "ProbabilityFlow", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc", "heun",
+    "ipndm",
 ]
 
 SAMPLERS: dict[str, Callable[..., Any]] = {
@@ -51,6 +62,12 @@ SAMPLERS: dict[str, Callable[..., Any]] = {
     "torchsde": torchsde_sampler,
     "ode": ode,
     "pc": pc,
+    "dpmpp_2m": dpmpp_2m,
+    "dpmpp_3m": dpmpp_3m,
+    "dpmpp_2m_sde": dpmpp_2m_sde,
+    "unipc": unipc,
+    "heun": heun,
+    "ipndm": ipndm,
 }
 
 
