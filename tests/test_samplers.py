@@ -35,6 +35,14 @@ CASES = {
     "ode-rk4": ("ode", {"method": "rk4", "steps": 40, "spacing": "quadratic"}),
     "pc": ("pc", {"steps": 300}),
     "pc-ddim": ("pc", {"steps": 100, "predictor": "ddim", "snr": 0.05}),
+    "dpmpp_2m": ("dpmpp_2m", {"steps": 40}),
+    "dpmpp_3m": ("dpmpp_3m", {"steps": 40}),
+    "dpmpp_2m_sde": ("dpmpp_2m_sde", {"steps": 50}),
+    "unipc": ("unipc", {"steps": 40}),
+    "unipc-3": ("unipc", {"steps": 40, "order": 3}),
+    "heun": ("heun", {"steps": 40}),
+    "heun-churn": ("heun", {"steps": 40, "s_churn": 20.0, "s_tmin": 0.05, "s_tmax": 50.0}),
+    "ipndm": ("ipndm", {"steps": 40}),
 }
 
 N = 4000
@@ -355,6 +363,9 @@ INVARIANCE_CASES = {
     "pc": ("pc", {"steps": 8}),
     "pc-ancestral": ("pc", {"steps": 8, "predictor": "ancestral"}),
     "ode-rk4": ("ode", {"steps": 4, "method": "rk4"}),
+    "dpmpp_2m_sde": ("dpmpp_2m_sde", {"steps": 8}),
+    "heun-churn": ("heun", {"steps": 6, "s_churn": 10.0}),
+    "unipc": ("unipc", {"steps": 6}),
 }
 
 

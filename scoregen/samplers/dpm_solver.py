@@ -100,10 +100,10 @@ def _make(name: str, order: int, eta: float, default_spacing: str, doc: str):  #
 dpmpp_2m = _make("dpmpp_2m", 2, 0.0, "logsnr",
                  "DPM-Solver++(2M): second-order multistep, data prediction (Lu et al. "
                  "2022, Alg. 2).")
-dpmpp_3m = _make("dpmpp_3m", 3, 0.0, "logsnr",
+dpmpp_3m = _make("dpmpp_3m", 3, 0.0, "quadratic",
                  "DPM-Solver++(3M): third-order multistep, data prediction (Lu et al. 2022), "
                  "with the Taylor-exact second difference (see dpmpp_coefficients: the peers' "
                  "3M is second order).")
-dpmpp_2m_sde = _make("dpmpp_2m_sde", 2, 1.0, "logsnr",
+dpmpp_2m_sde = _make("dpmpp_2m_sde", 2, 1.0, "quadratic",
                      "DPM-Solver++(2M) SDE: the 2M step with DDPM-like noise, eta = 1 (Lu et "
                      "al. 2022, eq. 18). Noise from ``generator`` (a list: one per sample).")

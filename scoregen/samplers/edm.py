@@ -54,7 +54,7 @@ def heun(
     s_tmin: float = 0.0,
     s_tmax: float = math.inf,
     s_noise: float = 1.0,
-    spacing: str = "karras",
+    spacing: str = "quadratic",
     grid: Tensor | None = None,
     t_end: float = 0.0,
     denoise: bool = True,
