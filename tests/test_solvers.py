@@ -294,3 +294,24 @@ def test_non_finite_guidance_scale_is_rejected(w):
     model.guidance_scale = w  # set after construction: caught at sample() time
     with pytest.raises(ValueError, match="guidance_scale must be finite"):
         sg.sample(model, (4, 2), "ddim", steps=4, cond=torch.zeros(4, 3))
+
+
+# ----------------------------------------------------------------------------- grid switch
+@pytest.mark.parametrize("spacing", sg.samplers.SPACINGS)
+def test_the_final_denoising_step_is_a_grid_switch_for_every_spacing(spacing):
+    sde = sg.VPSDE.ddpm()
+    on = sg.time_grid(sde, 8, spacing, denoise_step=True)
+    off = sg.time_grid(sde, 8, spacing, denoise_step=False)
+    assert on[0] == off[0] == 1.0
+    assert on[-1] == 0.0 and on[-2] == sde.t_eps and len(on) == 9  # last call at t_eps
+    log_spaced = spacing in ("logsnr", "karras")  # these cannot reach t = 0 by themselves
+    assert off[-1] == (sde.t_eps if log_spaced else 0.0) and len(off) == 9
+    default = sg.time_grid(sde, 8, spacing)
+    assert torch.equal(default, on if log_spaced else off)
+    if not log_spaced:
+        assert default[-2] > 10 * sde.t_eps  # without the switch the last call is far above
+    seen = []
+    sg.sample(MIXTURE.model(sde), (4, 2), "dpmpp_2m", grid=on, callback=seen.append)
+    assert seen[-1]["t"] == sde.t_eps and seen[-1]["t_next"] == 0.0
+    with pytest.raises(TypeError, match="denoise_step must be True, False or None"):
+        sg.time_grid(sde, 8, spacing, denoise_step="yes")
