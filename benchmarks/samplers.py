@@ -783,7 +783,8 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         md_path.write_text(markdown(result) + "\n")
         png_path = plot(result, stem.with_suffix(".png"))
         written += [json_path, md_path, png_path]
-        if result["solvers"]["per_budget"]:
+        if any(r["sampler"] in (*SOLVERS, "peer") for res in result["targets"].values()
+               for r in res["rows"]):
             written.append(plot_solvers(result, stem.with_name(stem.name + "_solvers.png")))
         for c in result.get("checks", []):
             print(f"  {_status(c).replace('**', '')}: {c['target']}: {c['value']:.3f}")

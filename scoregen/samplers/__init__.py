@@ -48,7 +48,8 @@ from scoregen.samplers.torchsde_sampler import torchsde_sampler
 from scoregen.samplers.unipc import unipc
 
 __all__ = [
-    "SAMPLERS", "sample", "sample_with_info", "SampleResult", "SamplingRun", "ancestral",
+    "SAMPLERS", "DEFAULT_SAMPLER", "sample", "sample_with_info", "SampleResult", "SamplingRun",
+    "ancestral",
     "ddim", "langevin", "euler_maruyama", "torchsde_sampler", "ode", "pc", "time_grid",
     "SPACINGS", "ProbabilityFlow", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc", "heun",
     "ipndm",
@@ -77,6 +78,11 @@ def _parameters(fn: Callable[..., Any]) -> Mapping[str, inspect.Parameter]:
     return inspect.signature(fn).parameters
 
 
+#: What ``sg.sample(model, x)`` runs with no ``sampler``: on its own default grid and step
+#: count, the best row of the solver benchmark at that NFE (docs/benchmarks.md, "Fast
+#: solvers"). Before 0.2 the default was ``"ddim"`` (50 uniform steps).
+DEFAULT_SAMPLER = "ipndm"
+
 #: Old sampler names still accepted for one release, with a DeprecationWarning.
 DEPRECATED_NAMES: dict[str, str] = {"sde": "torchsde"}
 
@@ -103,7 +109,7 @@ def _resolve(sampler: str) -> Callable[..., Tensor]:
 def sample(
     model: ScoreModel,
     x: Tensor | tuple[int, ...],
-    sampler: str = "ddim",
+    sampler: str | None = None,
     *,
     steps: int | None = None,
     cond: Tensor | None = None,
@@ -117,7 +123,8 @@ def sample(
         model: a :class:`~scoregen.ScoreModel`.
         x: the shape ``(B, *D)`` to sample (x_T drawn from the SDE's prior with
             ``generator``), or x_T itself as a tensor.
-        sampler: one of ``SAMPLERS``.
+        sampler: one of ``SAMPLERS``; ``None`` uses :data:`DEFAULT_SAMPLER` (the solver, grid
+            and step count the benchmark measures best at that step count).
         steps: grid steps (noise levels for ``langevin``); ``None`` uses the sampler's
             default (``ode`` adapts its own steps over one interval unless given a grid).
         cond: condition passed to the net unchanged, (B, ...); validated once here.
@@ -131,7 +138,7 @@ def sample(
         the samples, ``(B, *D)`` in x_T's dtype. :func:`sample_with_info` also gives the
         NFE and the grid.
     """
-    fn = _resolve(sampler)
+    fn = _resolve(DEFAULT_SAMPLER if sampler is None else sampler)
     params = _parameters(fn)
     unknown = sorted(set(options) - set(params))
     if unknown:
@@ -147,7 +154,7 @@ def sample(
 def sample_with_info(
     model: ScoreModel,
     x: Tensor | tuple[int, ...],
-    sampler: str = "ddim",
+    sampler: str | None = None,
     **kwargs: Any,
 ) -> SampleResult:
     """:func:`sample` (same arguments), returning ``SampleResult(x, nfe, grid)``."""

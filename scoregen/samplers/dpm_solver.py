@@ -84,7 +84,8 @@ def _make(name: str, order: int, eta: float, default_spacing: str, doc: str):  #
 
     Args:
         steps: grid steps = network calls (default 20).
-        spacing: grid spacing (:mod:`scoregen.samplers.grids`); ``grid`` overrides it.
+        spacing: grid spacing (:mod:`scoregen.samplers.grids`); ``grid`` overrides it. The
+            default is the solver's measured best at 20 NFE (docs/benchmarks.md).
         t_end: last grid time; 0 (default) makes the last step the denoising step
             ``x0_hat``.
         lower_order_final: on grids of fewer than 15 steps, last step first order and the
@@ -100,10 +101,10 @@ def _make(name: str, order: int, eta: float, default_spacing: str, doc: str):  #
 dpmpp_2m = _make("dpmpp_2m", 2, 0.0, "logsnr",
                  "DPM-Solver++(2M): second-order multistep, data prediction (Lu et al. "
                  "2022, Alg. 2).")
-dpmpp_3m = _make("dpmpp_3m", 3, 0.0, "quadratic",
+dpmpp_3m = _make("dpmpp_3m", 3, 0.0, "logsnr",
                  "DPM-Solver++(3M): third-order multistep, data prediction (Lu et al. 2022), "
                  "with the Taylor-exact second difference (see dpmpp_coefficients: the peers' "
                  "3M is second order).")
-dpmpp_2m_sde = _make("dpmpp_2m_sde", 2, 1.0, "quadratic",
+dpmpp_2m_sde = _make("dpmpp_2m_sde", 2, 1.0, "karras",
                      "DPM-Solver++(2M) SDE: the 2M step with DDPM-like noise, eta = 1 (Lu et "
                      "al. 2022, eq. 18). Noise from ``generator`` (a list: one per sample).")

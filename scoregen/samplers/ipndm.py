@@ -43,7 +43,7 @@ def ipndm(
     *,
     steps: int = 20,
     order: int = 4,
-    spacing: str = "karras",
+    spacing: str = "logsnr",
     grid: Tensor | None = None,
     t_end: float = 0.0,
     lower_order_final: bool = True,
