@@ -528,8 +528,11 @@ def solver_markdown(summary: dict[str, Any]) -> list[str]:
 
 
 def plot_solvers(result: dict[str, Any], path: Path) -> Path:
-    """SW2 / floor vs NFE: each scoregen solver on its default grid, peers dashed grey."""
+    """SW2 / floor vs NFE: each scoregen solver on its (current) default grid, peers dashed
+    grey."""
     import inspect
+
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
     from scoregen.plotting import new_figure, save_png
 
@@ -558,6 +561,10 @@ def plot_solvers(result: dict[str, Any], path: Path) -> Path:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_ylim(0.9, PLOT_MAX_RATIO)
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            axis.set_major_formatter(FormatStrFormatter("%g"))
+            axis.set_minor_formatter(NullFormatter())
         ax.set_title(f"{name} ({result['meta']['sde']})")
         ax.set_xlabel("NFE")
         ax.grid(alpha=0.3, which="both")
@@ -697,7 +704,12 @@ def replot(json_path: Path) -> list[Path]:
     result = _revive(json.loads(json_path.read_text()))
     md_path = json_path.with_suffix(".md")
     md_path.write_text(markdown(result) + "\n")
-    return [md_path, plot(result, json_path.with_suffix(".png"))]
+    written = [md_path, plot(result, json_path.with_suffix(".png"))]
+    if any(r["sampler"] in (*SOLVERS, "peer") for res in result["targets"].values()
+           for r in res["rows"]):
+        stem = json_path.with_suffix("")
+        written.append(plot_solvers(result, stem.with_name(stem.name + "_solvers.png")))
+    return written
 
 
 def _revive(obj: Any) -> Any:
