@@ -39,6 +39,12 @@ over the accuracy runs, where every case runs once between others (colder caches
 net is an isotropic fast form of :meth:`GaussianMixture.score` (checked against it at
 start-up).
 
+Fast solvers (``--budgets`` default 5, 10, 20, 50, 100): every solver x grid, ``steps = B``
+(``heun``: ``(B + 1) // 2`` steps, 2 calls each but 1 for the step to t = 0). ``--peers``
+adds diffusers' and k-diffusion's samplers on the same exact model and ``x_T``
+(``benchmarks/peers.py``) and a table "best scoregen row / best peer row" per budget with
+issue 8's targets.
+
 NFE accounting (budgets B = 10, 20, 50, 100, plus 1000 for ancestral):
 ``ddim``/``ancestral`` steps = B; ``euler_maruyama`` and ``torchsde`` steps = B - 1 (+1 final
 Tweedie denoising); fixed-grid ODE (torchdiffeq, uniform grid to t_eps, +1 denoising):
@@ -596,7 +602,8 @@ def markdown(result: dict[str, Any]) -> str:
     m = result["meta"]
     lines = [
         f"# Sampler accuracy vs NFE — SDE `{m['sde']}`", "",
-        f"`{m['command']}`  ", f"{m['date']}, {m['cpu']}, torch {m['torch']}, "
+        f"`{m['command']}`  ", f"commit {m.get('commit', 'not recorded')}; "
+        f"{m['date']}, {m['cpu']}, torch {m['torch']}, "
         f"{m['threads']} thread(s); N = {m['n']}, {m['repeats']} repeats, "
         f"{m['projections']} directions, {m['refs']} references x {m['floor_samples']} "
         f"floor samples per repeat; state dtype {m['dtype']}; total {m['seconds']:.0f} s.", "",
@@ -650,6 +657,21 @@ def plot(result: dict[str, Any], path: Path) -> Path:
         series[f"{name} ({result['meta']['sde']})"] = panel
         floors[f"{name} ({result['meta']['sde']})"] = res["floor"]
     return plot_sampler_accuracy(series, floors, path, max_ratio=PLOT_MAX_RATIO)
+
+
+def _commit() -> str:
+    """The checkout's commit (``+dirty`` with uncommitted changes), or "unknown"."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
 
 
 def _cpu_name() -> str:
@@ -776,6 +798,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
             "date": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
             "cpu": _cpu_name(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(),
+            "commit": _commit(),
             "sde": sde_name, "sde_config": sde.to_dict(), "n": args.n,
             "repeats": args.repeats, "projections": args.projections, "refs": args.refs,
             "floor_samples": args.floor_samples, "quick": args.quick,

@@ -77,7 +77,7 @@ def ipndm(
     for i in run.steps():
         x0 = denoised(run, x, i)
         slopes.insert(0, (x - x0) / lv[i])
-        del slopes[order - 1 + 1:]
+        del slopes[order:]
         dt = lv[i + 1] - lv[i]
         coeffs = AB_COEFFICIENTS[orders[i]]
         x = combine(x, 1.0, [(dt * c, d) for c, d in zip(coeffs, slopes, strict=False)])
