@@ -338,3 +338,18 @@ def test_sample_with_no_sampler_runs_the_benchmarks_best_solver_on_its_default_g
     comp = ring.component_of(x)
     spread = float(((x - ring.means[comp]) / ring.stds[comp]).pow(2).mean().sqrt())
     assert abs(spread - 1) < 0.1, spread  # the right width of narrow modes at its NFE
+
+
+def test_ipndm_variable_step_coefficients_are_adams_bashforth_on_equal_steps():
+    from scoregen.samplers.ipndm import AB_COEFFICIENTS, variable_step_coefficients
+
+    levels = [5.0, 4.0, 3.0, 2.0, 1.0]
+    for k in (1, 2, 3, 4):
+        got = variable_step_coefficients(levels, 3, k)
+        assert got == pytest.approx(AB_COEFFICIENTS[k], abs=1e-12)
+    # on unequal steps: exact for d quadratic in the level (order 3): d = s^2
+    levels = [9.0, 6.5, 5.0, 4.2]
+    c = variable_step_coefficients(levels, 2, 3)
+    s0, s1 = levels[2], levels[3]
+    exact = (s1**3 - s0**3) / 3 / (s1 - s0)  # mean of s^2 over the step
+    assert sum(cj * levels[2 - j] ** 2 for j, cj in enumerate(c)) == pytest.approx(exact)
