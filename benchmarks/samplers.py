@@ -39,6 +39,12 @@ over the accuracy runs, where every case runs once between others (colder caches
 net is an isotropic fast form of :meth:`GaussianMixture.score` (checked against it at
 start-up).
 
+Fast solvers (``--budgets`` default 5, 10, 20, 50, 100): every solver x grid, ``steps = B``
+(``heun``: ``(B + 1) // 2`` steps, 2 calls each but 1 for the step to t = 0). ``--peers``
+adds diffusers' and k-diffusion's samplers on the same exact model and ``x_T``
+(``benchmarks/peers.py``) and a table "best scoregen row / best peer row" per budget with
+issue 8's targets.
+
 NFE accounting (budgets B = 10, 20, 50, 100, plus 1000 for ancestral):
 ``ddim``/``ancestral`` steps = B; ``euler_maruyama`` and ``torchsde`` steps = B - 1 (+1 final
 Tweedie denoising); fixed-grid ODE (torchdiffeq, uniform grid to t_eps, +1 denoising):
@@ -73,7 +79,15 @@ import scoregen as sg
 from scoregen import devices
 from scoregen.plotting import plot_sampler_accuracy
 
-BUDGETS = (10, 20, 50, 100)
+BUDGETS = (5, 10, 20, 50, 100)
+#: the fast solvers (issue 8): one row per solver x grid x budget
+SOLVERS = ("dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc", "ipndm", "heun")
+#: ours -> the diffusers scheduler it is compared with for the per-NFE overhead
+OVERHEAD_PEER = {"ddim": "diffusers/ddim", "dpmpp_2m": "diffusers/dpm++2m",
+                 "dpmpp_3m": "diffusers/dpm++3m", "unipc": "diffusers/unipc",
+                 "heun": "diffusers/heun"}
+#: issue 8's accuracy targets: budget -> {target: max SW2 / floor of the best scoregen row}
+SOLVER_TARGETS = {10: {"ring2d": 1.15, "mix64": 1.3}, 5: {"ring2d": 2.0, "mix64": 2.0}}
 TOLERANCES = (1e-2, 1e-3, 1e-4, 1e-5)
 SPACINGS = ("uniform", "quadratic", "logsnr", "karras")
 #: budget -> (noise levels, Langevin steps per level); NFE = levels * steps + 1. Chosen by
@@ -181,10 +195,25 @@ class Case:
         return f"{self.series} ({opts})" if opts else self.series
 
 
-def build_cases(budgets: Sequence[int] = BUDGETS, full: bool = False) -> list[Case]:
+def solver_steps(name: str, budget: int) -> int:
+    """Grid steps of a fast solver for an NFE budget (Heun: 2 calls a step, 1 for the last)."""
+    return (budget + 1) // 2 if name == "heun" else budget
+
+
+def build_cases(budgets: Sequence[int] = BUDGETS, full: bool = False,
+                peers: bool = False) -> list[Case]:
     """Every sampler at every budget (see the module docstring for the NFE accounting)."""
     cases: list[Case] = []
     for b in budgets:
+        cases += [Case(f"{name}/{sp}", name, {"steps": solver_steps(name, b), "spacing": sp}, b)
+                  for name in SOLVERS for sp in SPACINGS]
+        cases += [Case(f"unipc3/{sp}", "unipc", {"steps": b, "spacing": sp, "order": 3}, b)
+                  for sp in SPACINGS]
+        if peers:
+            from peers import PEER_CASES
+
+            cases += [Case(f"peer:{series}", "peer", {"series": series}, b)
+                      for series in PEER_CASES]
         cases += [Case(f"ddim/{sp}", "ddim", {"steps": b, "spacing": sp}, b) for sp in SPACINGS]
         cases.append(Case("ancestral", "ancestral", {"steps": b}, b))
         if full:
@@ -276,6 +305,22 @@ def ratio_and_se(sq: Sequence[float], floor_sq: float) -> tuple[float, float, fl
 
 
 # ----------------------------------------------------------------------------- running
+def _run_case(case: Case, model: sg.ScoreModel, timed: TimedNet, sde: sg.SDE,
+              shape: tuple[int, int], gen: torch.Generator, dtype: torch.dtype | None
+              ) -> tuple[Tensor, int]:
+    """(samples, NFE) of one case; a peer row starts from the x_T scoregen would draw."""
+    if case.sampler != "peer":
+        res = sg.sample_with_info(model, shape, case.sampler, generator=gen, dtype=dtype,
+                                  **case.options)
+        return res.x, res.nfe
+    from peers import run_peer
+
+    x_T = torch.randn(shape, generator=gen) * sde.prior_std
+    calls = timed.calls
+    x = run_peer(case.options["series"], timed, sde, x_T, case.budget, gen)
+    return x, timed.calls - calls
+
+
 def run_target(
     name: str,
     target: sg.GaussianMixture,
@@ -318,9 +363,7 @@ def run_target(
             timed.reset()
             gen = torch.Generator().manual_seed(s)
             t0 = time.perf_counter()
-            res = sg.sample_with_info(model, (n, target.dim), case.sampler, generator=gen,
-                                      dtype=dtype, **case.options)
-            x, nfe = res.x, res.nfe
+            x, nfe = _run_case(case, model, timed, sde, (n, target.dim), gen, dtype)
             wall = time.perf_counter() - t0
             if timed.calls != nfe:
                 raise RuntimeError(f"{case.label}: reported NFE {nfe} != {timed.calls} net calls")
@@ -341,9 +384,8 @@ def run_target(
             for _ in range(timing_repeats):
                 timed.reset()
                 t0 = time.perf_counter()
-                nfe = sg.sample_with_info(model, (n, target.dim), case.sampler,
-                                          generator=torch.Generator().manual_seed(0),
-                                          dtype=dtype, **case.options).nfe
+                nfe = _run_case(case, model, timed, sde, (n, target.dim),
+                                torch.Generator().manual_seed(0), dtype)[1]
                 best = min(best, (time.perf_counter() - t0 - timed.seconds) / nfe)
             warm[i] = best
         log(f"  {name}: warm timing ({timing_repeats} runs per case) done "
@@ -407,6 +449,136 @@ def check_targets(ring: dict[str, Any]) -> list[dict[str, Any]]:
     return checks
 
 
+def _is_ours(r: dict[str, Any]) -> bool:
+    return r["sampler"] != "peer"
+
+
+def solver_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """Issue 8's comparison: best scoregen row vs best peer row at each budget and target,
+    the accuracy targets, and the per-NFE overhead of each solver vs its diffusers match."""
+    per_budget, checks = [], []
+    for name, res in result["targets"].items():
+        rows = [r for r in res["rows"] if r["budget"] is not None]
+        for b in sorted({r["budget"] for r in rows}):
+            ours = [r for r in rows if r["budget"] == b and _is_ours(r)]
+            peer = [r for r in rows if r["budget"] == b and not _is_ours(r)]
+            if not ours:
+                continue
+            best = min(ours, key=lambda r: r["ratio"])
+            entry = {"target": name, "budget": b, "ours": best["label"],
+                     "ours_ratio": best["ratio"], "ours_se": best["ratio_se"],
+                     "ours_nfe": best["nfe"], "ours_spread": best["spread"],
+                     "ours_tv": best["weight_tv"]}
+            if peer:
+                bp = min(peer, key=lambda r: r["ratio"])
+                entry.update({"peer": bp["series"], "peer_ratio": bp["ratio"],
+                              "peer_se": bp["ratio_se"], "peer_nfe": bp["nfe"],
+                              "ours_over_peer": best["ratio"] / bp["ratio"]})
+                if b in (5, 10, 20):
+                    ex_o, ex_p = best["ratio"] - 1, bp["ratio"] - 1
+                    se = math.hypot(best["ratio_se"], bp["ratio_se"])
+                    ok = ex_o <= 0.5 * ex_p or (ex_o - 0.5 * ex_p) <= 2 * se
+                    checks.append({"target": f"{name}, {b} NFE: excess over floor <= half the "
+                                   "best peer's (within 2 SE)",
+                                   "value": ex_o, "limit": 0.5 * ex_p, "value_se": se,
+                                   "nfe": best["nfe"], "passed": ok})
+            limit = SOLVER_TARGETS.get(b, {}).get(name)
+            if limit is not None:
+                checks.append({"target": f"{name}, {b} NFE: best scoregen row <= {limit} x floor",
+                               "value": best["ratio"], "value_se": best["ratio_se"],
+                               "limit": limit, "nfe": best["nfe"],
+                               "passed": best["ratio"] <= limit})
+            per_budget.append(entry)
+    overhead = []
+    ring = result["targets"].get("ring2d")
+    if ring is not None:
+        for ours, peer in OVERHEAD_PEER.items():
+            mine = [r for r in ring["rows"] if r["sampler"] == ours and _is_ours(r)
+                    and r["overhead_us"] is not None]
+            theirs = [r for r in ring["rows"] if r["series"] == f"peer:{peer}"
+                      and r["overhead_us"] is not None]
+            for b in sorted({r["budget"] for r in mine}):
+                m = [r["overhead_us"] for r in mine if r["budget"] == b]
+                t = [r["overhead_us"] for r in theirs if r["budget"] == b]
+                overhead.append({"solver": ours, "peer": peer, "budget": b,
+                                 "ours_us": max(m), "peer_us": t[0] if t else None,
+                                 "passed": (max(m) <= t[0]) if t else None})
+    return {"per_budget": per_budget, "checks": checks, "overhead": overhead}
+
+
+def solver_markdown(summary: dict[str, Any]) -> list[str]:
+    if not summary["per_budget"]:
+        return []
+    lines = ["## Fast solvers vs peers (issue 8)", "",
+             "| target | NFE budget | best scoregen row | ratio | spread | best peer row | "
+             "ratio | ours / peer |", "|---|---:|---|---:|---:|---|---:|---:|"]
+    for e in summary["per_budget"]:
+        peer = (f"{e['peer']} | {e['peer_ratio']:.3f} ± {e['peer_se']:.3f} | "
+                f"{e['ours_over_peer']:.3f}") if "peer" in e else "(peers skipped) | – | –"
+        lines.append(f"| {e['target']} | {e['budget']} | {e['ours']} | {e['ours_ratio']:.3f} ± "
+                     f"{e['ours_se']:.3f} | {e['ours_spread']:.3f} | {peer} |")
+    lines += ["", "| check | value | limit | status |", "|---|---:|---:|---|"]
+    for c in summary["checks"]:
+        lines.append(f"| {c['target']} | {c['value']:.3f} ± {c['value_se']:.3f} | "
+                     f"{c['limit']:.3f} | {_status(c)} |")
+    if summary["overhead"]:
+        lines += ["", "Warm overhead per NFE on ring2d (us), worst grid of ours vs the diffusers "
+                  "scheduler:", "", "| solver | NFE | ours | diffusers | status |",
+                  "|---|---:|---:|---:|---|"]
+        for o in summary["overhead"]:
+            peer = "–" if o["peer_us"] is None else f"{o['peer_us']:.0f}"
+            st = "–" if o["passed"] is None else ("met" if o["passed"] else "**missed**")
+            lines.append(f"| {o['solver']} vs {o['peer']} | {o['budget']} | {o['ours_us']:.0f} "
+                         f"| {peer} | {st} |")
+    return lines + [""]
+
+
+def plot_solvers(result: dict[str, Any], path: Path) -> Path:
+    """SW2 / floor vs NFE: each scoregen solver on its (current) default grid, peers dashed
+    grey."""
+    import inspect
+
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    from scoregen.plotting import new_figure, save_png
+
+    defaults = {name: inspect.signature(sg.SAMPLERS[name]).parameters["spacing"].default
+                for name in ("ddim", *SOLVERS)}
+    names = list(result["targets"])
+    fig = new_figure(4.5 * len(names) + 2.0, 3.5)
+    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    for ax, name in zip(axes, names, strict=True):
+        curves: dict[str, list[tuple[float, float]]] = {}
+        for r in result["targets"][name]["rows"]:
+            if r["budget"] is None or not math.isfinite(r["ratio"]):
+                continue
+            if _is_ours(r):
+                solver, _, sp = r["series"].partition("/")
+                if solver not in defaults or sp != defaults[solver]:
+                    continue
+            curves.setdefault(r["series"], []).append((r["nfe"], r["ratio"]))
+        for series, pts in sorted(curves.items()):
+            pts.sort()
+            peer = series.startswith("peer:")
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], ls="--" if peer else "-",
+                    marker="x" if peer else "o", ms=3, lw=1, label=series,
+                    color="0.6" if peer else None)
+        ax.axhline(1.0, color="black", ls=":", lw=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_ylim(0.9, PLOT_MAX_RATIO)
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            axis.set_major_formatter(FormatStrFormatter("%g"))
+            axis.set_minor_formatter(NullFormatter())
+        ax.set_title(f"{name} ({result['meta']['sde']})")
+        ax.set_xlabel("NFE")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("SW2 / noise floor")
+    axes[-1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return save_png(fig, path)
+
+
 def _status(check: dict[str, Any]) -> str:
     """met / missed, flagged when the limit is within two standard errors of the value."""
     word = "met" if check["passed"] else "**missed**"
@@ -430,7 +602,8 @@ def markdown(result: dict[str, Any]) -> str:
     m = result["meta"]
     lines = [
         f"# Sampler accuracy vs NFE — SDE `{m['sde']}`", "",
-        f"`{m['command']}`  ", f"{m['date']}, {m['cpu']}, torch {m['torch']}, "
+        f"`{m['command']}`  ", f"commit {m.get('commit', 'not recorded')}; "
+        f"{m['date']}, {m['cpu']}, torch {m['torch']}, "
         f"{m['threads']} thread(s); N = {m['n']}, {m['repeats']} repeats, "
         f"{m['projections']} directions, {m['refs']} references x {m['floor_samples']} "
         f"floor samples per repeat; state dtype {m['dtype']}; total {m['seconds']:.0f} s.", "",
@@ -447,6 +620,7 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {c['target']} | {c['value']:.3f}{se} | {c['nfe']:.0f} | "
                          f"{_status(c)} |")
         lines.append("")
+    lines += solver_markdown(result.get("solvers") or {"per_budget": []})
     for name, res in result["targets"].items():
         e = res["exact"]
         lines += [
@@ -485,6 +659,21 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     return plot_sampler_accuracy(series, floors, path, max_ratio=PLOT_MAX_RATIO)
 
 
+def _commit() -> str:
+    """The checkout's commit (``+dirty`` with uncommitted changes), or "unknown"."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
 def _cpu_name() -> str:
     return devices.device_name("cpu")
 
@@ -508,7 +697,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--float64", action="store_true", help="integrate in float64")
     p.add_argument("--timing-repeats", type=int, default=5,
                    help="back-to-back runs per case for the warm overhead on ring2d (0: off)")
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "runs"
+                   / "benchmarks", help="output folder (default runs/benchmarks/; the "
+                   "committed results are benchmarks/results/: pass it on purpose)")
+    p.add_argument("--tag", default="", help="suffix of the output names, e.g. 'solvers'")
+    p.add_argument("--peers", action="store_true",
+                   help="also run diffusers' and k-diffusion's samplers (the [bench] extra)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     p.add_argument("--replot", type=Path, nargs="+", default=None, metavar="JSON",
                    help="only rewrite the markdown and PNG of earlier runs from their JSON")
@@ -532,7 +726,12 @@ def replot(json_path: Path) -> list[Path]:
     result = _revive(json.loads(json_path.read_text()))
     md_path = json_path.with_suffix(".md")
     md_path.write_text(markdown(result) + "\n")
-    return [md_path, plot(result, json_path.with_suffix(".png"))]
+    written = [md_path, plot(result, json_path.with_suffix(".png"))]
+    if any(r["sampler"] in (*SOLVERS, "peer") for res in result["targets"].values()
+           for r in res["rows"]):
+        stem = json_path.with_suffix("")
+        written.append(plot_solvers(result, stem.with_name(stem.name + "_solvers.png")))
+    return written
 
 
 def _revive(obj: Any) -> Any:
@@ -559,7 +758,18 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     unknown = [t for t in names if t not in all_targets]
     if unknown:
         raise SystemExit(f"unknown --targets {unknown}; choose from {list(all_targets)}")
-    cases = build_cases(args.budgets, full=not args.quick)
+    peer_rows = False
+    if args.peers:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from peers import available
+
+        missing = {lib: why for lib, why in available().items() if why}
+        for lib, why in missing.items():
+            print(f"skipped peer rows of {lib}: {why} (pip install -e '.[bench]')")
+        peer_rows = not missing
+    else:
+        print("peer rows skipped (run with --peers and the [bench] extra to add them)")
+    cases = build_cases(args.budgets, full=not args.quick, peers=peer_rows)
     if args.only:
         cases = [c for c in cases if re.search(args.only, c.label)]
         if not cases:
@@ -588,6 +798,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
             "date": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
             "cpu": _cpu_name(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(),
+            "commit": _commit(),
             "sde": sde_name, "sde_config": sde.to_dict(), "n": args.n,
             "repeats": args.repeats, "projections": args.projections, "refs": args.refs,
             "floor_samples": args.floor_samples, "quick": args.quick,
@@ -598,13 +809,18 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         }
         if "ring2d" in result["targets"]:
             result["checks"] = check_targets(result["targets"]["ring2d"])
-        stem = args.out / f"samplers_{sde_name}{'_quick' if args.quick else ''}"
+        result["solvers"] = solver_summary(result)
+        tag = f"_{args.tag}" if args.tag else ""
+        stem = args.out / f"samplers{tag}_{sde_name}{'_quick' if args.quick else ''}"
         json_path = stem.with_suffix(".json")
         json_path.write_text(json.dumps(_finite(result), indent=1, allow_nan=False) + "\n")
         md_path = stem.with_suffix(".md")
         md_path.write_text(markdown(result) + "\n")
         png_path = plot(result, stem.with_suffix(".png"))
         written += [json_path, md_path, png_path]
+        if any(r["sampler"] in (*SOLVERS, "peer") for res in result["targets"].values()
+               for r in res["rows"]):
+            written.append(plot_solvers(result, stem.with_name(stem.name + "_solvers.png")))
         for c in result.get("checks", []):
             print(f"  {_status(c).replace('**', '')}: {c['target']}: {c['value']:.3f}")
     for path in written:

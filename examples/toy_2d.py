@@ -26,7 +26,8 @@ SDES = {"ddpm": sg.VPSDE.ddpm, "vp": sg.VPSDE, "subvp": sg.SubVPSDE, "ve": sg.VE
 
 #: panel title -> (sampler, options); (full run, --quick run).
 RUNS: dict[str, tuple[str, dict, dict]] = {
-    "ddim, uniform grid": ("ddim", {"steps": 50}, {"steps": 20}),
+    "ddim, uniform grid": ("ddim", {"steps": 50, "spacing": "uniform"},
+                           {"steps": 20, "spacing": "uniform"}),
     "ddim, quadratic grid": ("ddim", {"steps": 50, "spacing": "quadratic"},
                              {"steps": 20, "spacing": "quadratic"}),
     "ancestral": ("ancestral", {"steps": 1000}, {"steps": 100}),
@@ -35,6 +36,12 @@ RUNS: dict[str, tuple[str, dict, dict]] = {
     "ode (dopri5)": ("ode", {}, {"rtol": 1e-3, "atol": 1e-3}),
     "langevin": ("langevin", {}, {"steps": 20, "n_steps_each": 3, "step_size": 1.0}),
     "pc": ("pc", {"steps": 500}, {"steps": 50}),
+    "dpmpp_2m, 10 NFE": ("dpmpp_2m", {"steps": 10}, {"steps": 10}),
+    "unipc, 10 NFE": ("unipc", {"steps": 10}, {"steps": 10}),
+    "ipndm, 10 NFE": ("ipndm", {"steps": 10}, {"steps": 10}),
+    "dpmpp_3m, 10 NFE": ("dpmpp_3m", {"steps": 10}, {"steps": 10}),
+    "dpmpp_2m_sde, 20 NFE": ("dpmpp_2m_sde", {"steps": 20}, {"steps": 20}),
+    "heun, 19 NFE": ("heun", {"steps": 10}, {"steps": 10}),
 }
 
 

@@ -18,6 +18,7 @@ The unconditional output is the network evaluated with an all-zeros condition.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Literal
 
@@ -34,6 +35,15 @@ PREDICTIONS: tuple[str, ...] = ("eps", "score", "x0", "v")
 
 #: A network: ``(x: (B, *D), t: (B,), cond) -> (B, *D)``.
 Net = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
+
+
+def _check_guidance_scale(w: object) -> None:
+    if w is None:
+        return
+    if isinstance(w, bool) or not isinstance(w, (int, float)):
+        raise TypeError(f"guidance_scale must be a number or None, got {w!r}")
+    if not math.isfinite(w):
+        raise ValueError(f"guidance_scale must be finite (or None), got {w!r}")
 
 
 class ScoreModel(nn.Module):
@@ -61,8 +71,7 @@ class ScoreModel(nn.Module):
             raise TypeError(f"sde must be a scoregen SDE, got {type(sde).__name__}")
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
-        if guidance_scale is not None and not isinstance(guidance_scale, (int, float)):
-            raise TypeError(f"guidance_scale must be a number or None, got {guidance_scale!r}")
+        _check_guidance_scale(guidance_scale)
         self.net = net  # registered as a submodule when it is an nn.Module
         self.sde = sde
         self.prediction: Prediction = prediction
@@ -88,8 +97,11 @@ class ScoreModel(nn.Module):
         """Raise a clear error if ``cond`` cannot belong to the batch ``x``.
 
         ``x`` may live on the ``meta`` device (only its shape is used). Nets that define
-        ``check_cond(x, cond)`` (the U-Net does) validate the full shapes here too.
+        ``check_cond(x, cond)`` (the U-Net does) validate the full shapes here too. Also
+        rejects a non-finite ``cond`` or ``guidance_scale`` (once per :func:`scoregen.sample`
+        call: one host sync, not one per network call).
         """
+        _check_guidance_scale(self.guidance_scale)  # may have been set after __init__
         if cond is not None:
             if not torch.is_tensor(cond):
                 raise TypeError(f"cond must be a tensor or None, got {type(cond).__name__}")
@@ -98,6 +110,10 @@ class ScoreModel(nn.Module):
                     f"cond must have the batch size of x ({x.shape[0]}) in its first dim; "
                     f"got cond of shape {tuple(cond.shape)} for x of shape {tuple(x.shape)}"
                 )
+            if (cond.is_floating_point() or cond.is_complex()) and not bool(
+                    torch.isfinite(cond).all()):
+                raise ValueError("cond contains non-finite values (nan or inf); a condition "
+                                 "must be finite (it would turn every sample into nan)")
         net_check = getattr(self.net, "check_cond", None)
         if callable(net_check):
             net_check(x, cond)

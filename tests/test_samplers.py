@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import scoregen as sg
-from scoregen.samplers import SAMPLERS, ddim, ode
+from scoregen.samplers import SAMPLERS, _parameters, ddim, ode
 
 SDES = {
     "ddpm": sg.VPSDE.ddpm,
@@ -35,6 +35,14 @@ CASES = {
     "ode-rk4": ("ode", {"method": "rk4", "steps": 40, "spacing": "quadratic"}),
     "pc": ("pc", {"steps": 300}),
     "pc-ddim": ("pc", {"steps": 100, "predictor": "ddim", "snr": 0.05}),
+    "dpmpp_2m": ("dpmpp_2m", {"steps": 40}),
+    "dpmpp_3m": ("dpmpp_3m", {"steps": 40}),
+    "dpmpp_2m_sde": ("dpmpp_2m_sde", {"steps": 50}),
+    "unipc": ("unipc", {"steps": 40}),
+    "unipc-3": ("unipc", {"steps": 40, "order": 3}),
+    "heun": ("heun", {"steps": 40}),
+    "heun-churn": ("heun", {"steps": 40, "s_churn": 20.0, "s_tmin": 0.05, "s_tmax": 50.0}),
+    "ipndm": ("ipndm", {"steps": 40}),
 }
 
 N = 4000
@@ -125,7 +133,8 @@ def test_ddim_on_the_ddpm_schedule_is_the_papers_update(eta):
     model = MIXTURE.model(sde)
     _, abar = _ddpm_tables()
     x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    ours = ddim(model, x_T, steps=50, eta=eta, generator=torch.Generator().manual_seed(1))
+    ours = ddim(model, x_T, steps=50, eta=eta, spacing="uniform",
+                generator=torch.Generator().manual_seed(1))
     gen = torch.Generator().manual_seed(1)
     x = x_T.clone()
     steps = list(range(1000, 0, -20))  # 1000, 980, ..., 20: starts at the last step
@@ -145,7 +154,7 @@ def test_ddim_on_the_ddpm_schedule_is_the_papers_update(eta):
 def test_ddim_50_grid_starts_at_the_last_training_step_and_ends_at_zero():
     model = MIXTURE.model(sg.VPSDE.ddpm(num_steps=1000))
     seen = []
-    out = ddim(model, (8, 2), steps=50, callback=seen.append,
+    out = ddim(model, (8, 2), steps=50, spacing="uniform", callback=seen.append,
                generator=torch.Generator().manual_seed(0))
     times = [info["t"] for info in seen]
     assert times[0] == 1.0  # t = T: DDPM's step 1000, not 980
@@ -211,7 +220,9 @@ def test_nfe_and_grid_are_reported_and_match_the_network_calls():
         res = sg.sample_with_info(model, (4, 2), name, steps=50)
         assert isinstance(res, sg.SampleResult) and res.x.shape == (4, 2)
         assert res.nfe == nfe_expected == len(calls)
-        torch.testing.assert_close(res.grid, sg.time_grid(model.sde, 50, t_end=res.grid[-1].item()))
+        spacing = _parameters(SAMPLERS[name])["spacing"].default
+        torch.testing.assert_close(res.grid, sg.time_grid(model.sde, 50, spacing,
+                                                          t_end=res.grid[-1].item()))
     calls.clear()
     res = sg.sample_with_info(model, (4, 2), "ode")
     assert res.nfe == len(calls) and 20 < res.nfe < 400
@@ -271,7 +282,7 @@ MODEL = MIXTURE.model(sg.VPSDE())
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        ({"sampler": "heun"}, ValueError, "valid names: ancestral, ddim"),
+        ({"sampler": "heun3"}, ValueError, "valid names: ancestral, ddim"),
         ({"steps": 0}, ValueError, "steps must be an integer >= 1"),
         ({"steps": 2.5}, ValueError, "steps must be an integer >= 1"),
         ({"eta": -0.1}, ValueError, "eta must be >= 0"),
@@ -355,6 +366,9 @@ INVARIANCE_CASES = {
     "pc": ("pc", {"steps": 8}),
     "pc-ancestral": ("pc", {"steps": 8, "predictor": "ancestral"}),
     "ode-rk4": ("ode", {"steps": 4, "method": "rk4"}),
+    "dpmpp_2m_sde": ("dpmpp_2m_sde", {"steps": 8}),
+    "heun-churn": ("heun", {"steps": 6, "s_churn": 10.0}),
+    "unipc": ("unipc", {"steps": 6}),
 }
 
 

@@ -80,7 +80,7 @@ def test_a_supervised_predictor_is_scored_the_same_way():
 @pytest.mark.parametrize(
     "kwargs, match",
     [({"ensemble": 0}, "ensemble"), ({"fuse_method": "max"}, "fuse_method"),
-     ({"sampler": "heun"}, "unknown sampler")],
+     ({"sampler": "heun3"}, "unknown sampler")],
 )
 def test_bad_options(kwargs, match):
     model = sg.ScoreModel(_oracle, sg.VPSDE.ddpm(), prediction="x0")

@@ -9,6 +9,12 @@
 | torchsde         | reverse-time SDE through ``torchsde.sdeint``       | Song et al. 2021         |
 | ode              | probability-flow ODE through ``torchdiffeq.odeint`` | Song et al. 2021        |
 | pc               | predictor–corrector (any predictor + Langevin)     | Song et al. 2021         |
+| dpmpp_2m         | DPM-Solver++(2M), multistep, data prediction       | Lu et al. 2022           |
+| dpmpp_3m         | DPM-Solver++(3M), third-order multistep            | Lu et al. 2022           |
+| dpmpp_2m_sde     | DPM-Solver++(2M) SDE variant (eta = 1)             | Lu et al. 2022           |
+| unipc            | UniPC: bh2 predictor + UniC corrector              | Zhao et al. 2023         |
+| heun             | EDM's Heun 2nd order with stochastic churn         | Karras et al. 2022       |
+| ipndm            | iPNDM, Adams–Bashforth up to 4th order in sigma/alpha | Zhang & Chen 2023     |
 
 :func:`sample` dispatches by name through the plain dict :data:`SAMPLERS` and returns
 the samples as a tensor; :func:`sample_with_info` takes the same arguments and returns a
@@ -30,17 +36,23 @@ from scoregen.model import ScoreModel
 from scoregen.samplers.ancestral import ancestral
 from scoregen.samplers.base import Generators, SampleResult, SamplingRun, record_runs
 from scoregen.samplers.ddim import ddim
+from scoregen.samplers.dpm_solver import dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
+from scoregen.samplers.edm import heun
 from scoregen.samplers.euler_maruyama import euler_maruyama
 from scoregen.samplers.grids import SPACINGS, time_grid
+from scoregen.samplers.ipndm import ipndm
 from scoregen.samplers.langevin import langevin
 from scoregen.samplers.predictor_corrector import pc
 from scoregen.samplers.probability_flow import ProbabilityFlow, ode
 from scoregen.samplers.torchsde_sampler import torchsde_sampler
+from scoregen.samplers.unipc import unipc
 
 __all__ = [
-    "SAMPLERS", "sample", "sample_with_info", "SampleResult", "SamplingRun", "ancestral",
+    "SAMPLERS", "DEFAULT_SAMPLER", "sample", "sample_with_info", "SampleResult", "SamplingRun",
+    "ancestral",
     "ddim", "langevin", "euler_maruyama", "torchsde_sampler", "ode", "pc", "time_grid",
-    "SPACINGS", "ProbabilityFlow",
+    "SPACINGS", "ProbabilityFlow", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc", "heun",
+    "ipndm",
 ]
 
 SAMPLERS: dict[str, Callable[..., Any]] = {
@@ -51,6 +63,12 @@ SAMPLERS: dict[str, Callable[..., Any]] = {
     "torchsde": torchsde_sampler,
     "ode": ode,
     "pc": pc,
+    "dpmpp_2m": dpmpp_2m,
+    "dpmpp_3m": dpmpp_3m,
+    "dpmpp_2m_sde": dpmpp_2m_sde,
+    "unipc": unipc,
+    "heun": heun,
+    "ipndm": ipndm,
 }
 
 
@@ -59,6 +77,11 @@ def _parameters(fn: Callable[..., Any]) -> Mapping[str, inspect.Parameter]:
     """A sampler's parameters, looked up once (``inspect.signature`` costs ~60 us a call)."""
     return inspect.signature(fn).parameters
 
+
+#: What ``sg.sample(model, x)`` runs with no ``sampler``: on its own default grid and step
+#: count, the best row of the solver benchmark at that NFE (docs/benchmarks.md, "Fast
+#: solvers"). Before 0.2 the default was ``"ddim"`` (50 uniform steps).
+DEFAULT_SAMPLER = "ipndm"
 
 #: Old sampler names still accepted for one release, with a DeprecationWarning.
 DEPRECATED_NAMES: dict[str, str] = {"sde": "torchsde"}
@@ -86,7 +109,7 @@ def _resolve(sampler: str) -> Callable[..., Tensor]:
 def sample(
     model: ScoreModel,
     x: Tensor | tuple[int, ...],
-    sampler: str = "ddim",
+    sampler: str | None = None,
     *,
     steps: int | None = None,
     cond: Tensor | None = None,
@@ -100,7 +123,8 @@ def sample(
         model: a :class:`~scoregen.ScoreModel`.
         x: the shape ``(B, *D)`` to sample (x_T drawn from the SDE's prior with
             ``generator``), or x_T itself as a tensor.
-        sampler: one of ``SAMPLERS``.
+        sampler: one of ``SAMPLERS``; ``None`` uses :data:`DEFAULT_SAMPLER` (the solver, grid
+            and step count the benchmark measures best at that step count).
         steps: grid steps (noise levels for ``langevin``); ``None`` uses the sampler's
             default (``ode`` adapts its own steps over one interval unless given a grid).
         cond: condition passed to the net unchanged, (B, ...); validated once here.
@@ -114,7 +138,7 @@ def sample(
         the samples, ``(B, *D)`` in x_T's dtype. :func:`sample_with_info` also gives the
         NFE and the grid.
     """
-    fn = _resolve(sampler)
+    fn = _resolve(DEFAULT_SAMPLER if sampler is None else sampler)
     params = _parameters(fn)
     unknown = sorted(set(options) - set(params))
     if unknown:
@@ -130,7 +154,7 @@ def sample(
 def sample_with_info(
     model: ScoreModel,
     x: Tensor | tuple[int, ...],
-    sampler: str = "ddim",
+    sampler: str | None = None,
     **kwargs: Any,
 ) -> SampleResult:
     """:func:`sample` (same arguments), returning ``SampleResult(x, nfe, grid)``."""

@@ -14,7 +14,14 @@ Spacings (all generic over the SDE: they use only ``log_snr`` and its inverse):
   ``sigma/alpha``.
 
 For ``"logsnr"`` and ``"karras"`` a grid ending at ``t_end = 0`` (infinite SNR) is built
-down to the SDE's ``t_eps`` with ``S - 1`` steps and closed by a last step to 0.
+down to the SDE's ``t_eps`` with ``S - 1`` steps and closed by a last step to 0: the
+**final denoising step** (every sampler's step to ``sigma = 0`` returns ``x0_hat``, so the
+last network call is at ``t_eps``, near zero noise). ``denoise_step`` switches this on or
+off for any spacing: ``True`` builds ``uniform``/``quadratic`` grids to ``t_eps`` too and
+closes them the same way; ``False`` lets the spacing run all ``S`` steps by itself —
+``uniform``/``quadratic`` reach t = 0 on their own (their last call is at ``t_{S-1}``, far
+above zero noise at small S), ``logsnr``/``karras`` then end at ``t_eps`` (samplers finish
+with a Tweedie call if ``denoise=True``). ``None`` keeps each spacing's default.
 For a discretised SDE (``VPSDE.ddpm``) the grid is snapped to DDPM's integer steps
 ``i / N`` unless ``snap=False``; where a dense spacing puts two points on one step they
 merge, so the grid may have fewer than ``steps`` steps.
@@ -41,8 +48,15 @@ def time_grid(
     t_start: float | None = None,
     rho: float = 7.0,
     snap: bool = True,
+    denoise_step: bool | None = None,
 ) -> Tensor:
-    """Descending float64 grid of ``steps + 1`` times from ``t_start`` (default T) to ``t_end``."""
+    """Descending float64 grid of ``steps + 1`` times from ``t_start`` (default T) to ``t_end``.
+
+    ``denoise_step`` (only with ``t_end = 0``): ``True`` = ``steps - 1`` steps to the SDE's
+    ``t_eps``, then the final denoising step to 0; ``False`` = all steps by the spacing alone
+    (``uniform``/``quadratic`` reach 0, ``logsnr``/``karras`` end at ``t_eps``); ``None`` = the
+    spacing's default (True for ``logsnr``/``karras``, False for ``uniform``/``quadratic``).
+    """
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if spacing not in SPACINGS:
@@ -52,6 +66,18 @@ def time_grid(
         raise ValueError(
             f"need 0 <= t_end < t_start <= T={sde.T}; got t_end={t_end}, t_start={t_start}"
         )
+    if denoise_step is not None and not isinstance(denoise_step, bool):
+        raise TypeError(f"denoise_step must be True, False or None, got {denoise_step!r}")
+    log_spaced = spacing in ("logsnr", "karras")
+    if t_end == 0.0 and denoise_step is not None and denoise_step != log_spaced:
+        lo = max(sde.t_eps, 1e-12)
+        if denoise_step:  # S - 1 steps to t_eps with this spacing, then the step to 0
+            if steps < 2:
+                raise ValueError("denoise_step=True needs steps >= 2")
+            head = time_grid(sde, steps - 1, spacing, t_end=lo, t_start=t_start, rho=rho,
+                             snap=snap)
+            return torch.cat([head, torch.zeros(1, dtype=head.dtype)])
+        return time_grid(sde, steps, spacing, t_end=lo, t_start=t_start, rho=rho, snap=snap)
     f64 = torch.float64
     if spacing == "uniform":
         grid = torch.linspace(t_start, t_end, steps + 1, dtype=f64)
