@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 import scoregen as sg
 from scoregen import devices
 from scoregen.plotting import plot_curves
+from scoregen.samplers import SPACINGS
 from scoregen.segmentation import (
     CovidQUDataset,
     PhantomDataset,
@@ -68,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samplers", default="ddim,ancestral", help="samplers to sweep")
     p.add_argument("--ensembles", default="1,3,5,9", help="ensemble sizes K")
     p.add_argument("--ensemble-steps", type=int, default=10, help="DDIM steps per member")
+    p.add_argument("--spacing", choices=SPACINGS, default="uniform",
+                   help="time grid of every sampler (uniform: the grid of the committed results)")
     p.add_argument("--ensemble-samples", type=int, default=128, help="images for the K sweep")
     p.add_argument("--baseline-steps", type=int, default=None,
                    help="supervised training steps; default: the checkpoint's")
@@ -206,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for sampler in args.samplers.split(","):
         for steps in _ints(args.steps):
-            out = segment(model, images, sampler=sampler, steps=steps, batch_size=128,
+            out = segment(model, images, sampler=sampler, steps=steps, spacing=args.spacing,
+                          batch_size=128,
                           generator=torch.Generator().manual_seed(args.seed))
             m = evaluate_segmentation(out, images, masks, groups=grp)
             rows.append({"study": "steps", "sampler": sampler, "steps": steps, "ensemble": 1,
@@ -219,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         save(result(None))
 
     for k in _ints(args.ensembles):
-        out = segment(model, val_ds.images[ens_idx], steps=args.ensemble_steps, ensemble=k,
+        out = segment(model, val_ds.images[ens_idx], steps=args.ensemble_steps,
+                      spacing=args.spacing, ensemble=k,
                       batch_size=max(1, 128 // k),
                       generator=torch.Generator().manual_seed(args.seed))
         m = evaluate_segmentation(out, val_ds.images[ens_idx], val_ds.masks[ens_idx],
