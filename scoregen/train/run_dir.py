@@ -40,8 +40,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from scoregen.train.checkpoint import CheckpointError, read_meta, run_id_of
 from scoregen.train.checkpoint_dir import CheckpointDir
+from scoregen.train.checkpoint_file import CheckpointError, read_meta, run_id_of
 from scoregen.train.metrics_log import MetricsLog
 
 __all__ = [
