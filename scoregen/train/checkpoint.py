@@ -60,6 +60,7 @@ from scoregen.train.checkpoint_file import (  # the file, re-exported
     write_atomic,
 )
 from scoregen.train.ema import EMA
+from scoregen.train.nonfinite import nonfinite_tensors  # re-exported
 from scoregen.train.rng_state import capture_rng, restore_rng  # re-exported
 
 __all__ = [
@@ -92,12 +93,6 @@ __all__ += ["FORMAT", "VERSION", "MAX_SDE_STEPS"]
 
 class CheckpointMismatchError(CheckpointError):
     """A checkpoint was saved for a model of another configuration or shape."""
-
-
-def nonfinite_tensors(tensors: Mapping[str, Tensor]) -> list[str]:
-    """Names of the floating-point tensors holding a NaN or an infinity."""
-    return [k for k, v in tensors.items()
-            if v.is_floating_point() and v.numel() and not bool(v.isfinite().all())]
 
 
 def write_checkpoint(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -30,6 +30,7 @@ __all__ = [
     "all_gather_tensors",
     "gather_rng_states",
     "broadcast_object",
+    "on_main",
     "ResumableDistributedSampler",
 ]
 
@@ -143,3 +144,18 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def on_main(fn: Callable[[], Any]) -> None:
+    """Run ``fn`` on rank 0; an error it raises is raised on every rank, so no rank waits
+    in a collective for one that gave up. Call on every rank."""
+    error: BaseException | None = None
+    if get_rank() == 0:
+        try:
+            fn()
+        except Exception as e:
+            error = e
+    if is_distributed():
+        error = broadcast_object(error)
+    if error is not None:
+        raise error

@@ -19,6 +19,9 @@ run's checkpoints (:class:`ExistingRunError`) unless told to resume it or to mov
 aside (:func:`move_run_aside`: ``checkpoints/``, ``metrics.jsonl`` go to
 ``out_dir/previous-<run id>/``).
 
+**Holding the folder** (:class:`FolderHold`): ``fit``, ``save`` and ``resume`` run inside
+one hold, which takes the lock on rank 0 and claims the folder for the run once.
+
 **The lock.** :class:`RunLock` holds an advisory ``fcntl.flock`` on ``out_dir/.lock``
 while a trainer writes into the folder; a second trainer (another process, or another
 ``Trainer`` object in this one) gets :class:`OutDirInUseError`. The lock belongs to the
@@ -36,17 +39,19 @@ import json
 import os
 import re
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 from scoregen.train.checkpoint_dir import CheckpointDir
 from scoregen.train.checkpoint_file import CheckpointError, read_meta, run_id_of
+from scoregen.train.distributed import on_main
 from scoregen.train.metrics_log import MetricsLog
 
 __all__ = [
     "RunFolder",
     "RunLock",
+    "FolderHold",
     "OutDirInUseError",
     "ExistingRunError",
     "ON_EXISTING",
@@ -145,6 +150,45 @@ class RunLock:
             yield
         finally:
             self.release()
+
+
+class FolderHold:
+    """The out_dir held by one trainer, on every rank: ``with hold(run_id): ...`` takes
+    ``lock`` on rank 0 and, with ``claim=True``, runs ``claim()`` there the first time
+    (the folder must be this run's). Nested blocks (a ``save`` inside ``fit``) neither
+    lock again nor synchronise the ranks. A refusal on rank 0
+    (:class:`OutDirInUseError`, :class:`ExistingRunError`) is raised on every rank."""
+
+    def __init__(self, lock: RunLock, claim: Callable[[], None]) -> None:
+        self.lock = lock
+        self._claim = claim
+        self.depth = 0  # nesting of blocks (the same on every rank)
+        self.claimed = False
+
+    def claim_now(self) -> None:
+        """Claim the folder (rank 0, under the lock) and remember it."""
+        on_main(self._claim)
+        self.claimed = True
+
+    @contextlib.contextmanager
+    def __call__(self, run_id: str, claim: bool = True) -> Iterator[None]:
+        if self.depth:  # inside another block: held and claimed already
+            self.depth += 1
+            try:
+                yield
+            finally:
+                self.depth -= 1
+            return
+        on_main(lambda: self.lock.acquire(run_id))
+        self.depth = 1
+        try:
+            if claim and not self.claimed:
+                self.claim_now()
+            yield
+        finally:
+            self.depth -= 1
+            if self.depth == 0:
+                self.lock.release()  # a no-op on the ranks that never took it
 
 
 def move_run_aside(out_dir: Path, run_id: str | None, names: tuple[str, ...]) -> Path:

@@ -12,33 +12,25 @@ One optimisation step (:meth:`Trainer.step`) on a local batch ``x0: (B, *D)``:
 3. :func:`scoregen.dsm_loss` under the autocast context chosen once in ``__init__``
    (fp32: none; bf16: ``torch.autocast``; fp16: autocast + ``GradScaler``);
 4. backward (DDP averages gradients across ranks), unscale, gradient-norm clipping;
-5. if the loss (averaged over ranks) or the gradient norm is not finite the update is
-   skipped — no optimizer or EMA change — and counted; ``HostOptions.max_nonfinite``
-   skips in a row stop training with :class:`NonFiniteLossError` naming the step;
-6. AdamW update, then the EMA update (:class:`scoregen.EMA`);
-7. every ``HostOptions.check_finite_every`` steps, after every skipped step and always
-   before a save, the weights and the EMA are checked to be finite (one float64 sum per
-   tensor, a single host sync; measured on one CPU thread: 0.1 ms on the tests' tiny MLP,
-   ~6 % of its 1.7 ms step, and 6 ms on the ``"tiny"`` U-Net preset, ~10 % of its 62 ms
-   step, hence every 50 steps by default: under 0.2 %); a non-finite value raises
-   :class:`NonFiniteWeightsError` and nothing of it is saved.
+5. AdamW and EMA update (:class:`scoregen.EMA`) — or, when the loss or the gradient norm
+   is not finite, no update at all, counted; then, every ``check_finite_every`` steps,
+   the weights are checked (the policy: :mod:`~scoregen.train.nonfinite`).
+
+:meth:`Trainer.fit` is the loop: it feeds batches (:mod:`~scoregen.train.batches`), logs
+(tqdm bar, ``metrics.jsonl``: :mod:`~scoregen.train.metrics_log`), calls per-epoch
+hooks and writes atomic checkpoints (:mod:`~scoregen.train.checkpoint`) into a
+:class:`~scoregen.train.checkpoint_dir.CheckpointDir`. :meth:`Trainer.resume`
+(:mod:`~scoregen.train.resume`) continues a run exactly where its last good checkpoint
+left it, including the position inside the epoch. The trainer draws no figures: plot
+``metrics.jsonl`` from the caller or a hook (:func:`~scoregen.train.metrics_log.loss_curve`).
 
 Trust in the folder (:mod:`~scoregen.train.run_dir`): every run has a run id, written
 into its checkpoints and ``metrics.jsonl``; a fresh run refuses an ``out_dir`` holding
 another run's checkpoints (``on_existing``: ``"refuse"``, ``"resume"`` or
 ``"overwrite"``, which moves the old run aside); pruning deletes only the run's own
-checkpoints and never the last one written before the run's first skipped step while
-later ones are kept ("suspect": a diverging run skips steps while its weights grow huge
-yet finite); ``fit``, ``save`` and ``resume`` hold an advisory lock on the
-folder, so a second trainer there fails with :class:`OutDirInUseError`.
-
-:meth:`Trainer.fit` feeds batches (:mod:`~scoregen.train.batches`), logs (tqdm bar,
-``metrics.jsonl``: :mod:`~scoregen.train.metrics_log`), calls per-epoch hooks and writes
-atomic checkpoints (:mod:`~scoregen.train.checkpoint`) into a
-:class:`~scoregen.train.checkpoint_dir.CheckpointDir`; :meth:`Trainer.resume` continues
-a run exactly where its last checkpoint left it, including the position inside the
-epoch. The trainer draws no figures: plot ``metrics.jsonl`` from the caller or a hook
-(:func:`~scoregen.train.metrics_log.loss_curve`).
+checkpoints and keeps its last good one; ``fit``, ``save`` and ``resume`` hold an
+advisory lock on the folder, so a second trainer there fails with
+:class:`OutDirInUseError`.
 
 What defines the run is a :class:`~scoregen.train.config.TrainConfig` (compared on
 resume); how this host runs it is a :class:`~scoregen.train.config.HostOptions` (never
@@ -48,7 +40,6 @@ compared).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import json
 import math
@@ -63,27 +54,35 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from scoregen.losses import draw_training_batch, drop_condition, dsm_loss
 from scoregen.model import ScoreModel
 from scoregen.train import checkpoint as ckpt
 from scoregen.train import distributed as dist_utils
-from scoregen.train.batches import (
-    Batch,
-    default_batch_fn,
-    epoch_batches,
-    make_loader,
-    stable_seed,
-)
+from scoregen.train.batches import Batch, default_batch_fn, epoch_batches, loader_for, stable_seed
 from scoregen.train.checkpoint_dir import CheckpointDir
-from scoregen.train.config import HostOptions, TrainConfig
+from scoregen.train.config import HostOptions, TrainConfig, plain_model_config
 from scoregen.train.ema import EMA
 from scoregen.train.metrics_log import LossWindow, MetricsLog
+from scoregen.train.nonfinite import (
+    NonFiniteLossError,
+    NonFiniteWeightsError,
+    SkipCounter,
+    diverged,
+    nonfinite_parts,
+)
+from scoregen.train.resume import (
+    newest_loadable,
+    restore_training_state,
+    warn_caller,
+    warn_differences,
+)
 from scoregen.train.run_dir import (
     ON_EXISTING,
     ExistingRunError,
+    FolderHold,
     OutDirInUseError,
     RunFolder,
     RunLock,
@@ -95,33 +94,6 @@ __all__ = ["Trainer", "NonFiniteLossError", "NonFiniteWeightsError", "ExistingRu
            "OutDirInUseError"]
 
 _END = object()
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced too many non-finite losses or gradients in a row."""
-
-
-class NonFiniteWeightsError(NonFiniteLossError):
-    """The weights or the EMA stopped being finite: the run diverged (nothing saved)."""
-
-
-def _iso(t: float) -> str:
-    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat(
-        timespec="seconds")
-
-
-
-def _warn_caller(message: str) -> None:
-    """``warnings.warn`` attributed to the first frame outside this package and
-    contextlib (the user's ``fit`` / ``resume`` call, however deep the path)."""
-    import sys
-
-    here = os.path.dirname(os.path.abspath(__file__))
-    level, frame = 1, sys._getframe(1)
-    while frame is not None and (os.path.dirname(os.path.abspath(frame.f_code.co_filename))
-                                 == here or frame.f_code.co_filename == contextlib.__file__):
-        level, frame = level + 1, frame.f_back
-    warnings.warn(message, stacklevel=level + 1)
 
 
 class Trainer:
@@ -179,12 +151,7 @@ class Trainer:
             raise ValueError(f"on_existing must be one of {ON_EXISTING}, got {on_existing!r}")
         if not isinstance(model.net, torch.nn.Module) or not any(True for _ in model.parameters()):
             raise ValueError("the model's net must be an nn.Module with parameters to train")
-        if callable(getattr(model_config, "to_dict", None)):  # e.g. UNetConfig
-            model_config = model_config.to_dict()
-        elif dataclasses.is_dataclass(model_config) and not isinstance(model_config, type):
-            model_config = dataclasses.asdict(model_config)
-        if model_config is not None:
-            model_config = json.loads(json.dumps(dict(model_config)))  # JSON-able, plain copy
+        model_config = plain_model_config(model_config)
         self.config = config
         self.host = host
         self.model_config: dict[str, Any] | None = model_config
@@ -233,9 +200,7 @@ class Trainer:
         self.global_step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
-        self.skipped_steps = 0  # non-finite loss / gradients: update skipped
-        self.overflow_steps = 0  # fp16 GradScaler overflows (finite loss): update skipped
-        self._nonfinite_run = 0
+        self.skips = SkipCounter(host.max_nonfinite)  # non-finite steps: update skipped
         self.train_seconds = 0.0  # wall time inside fit(), summed over resumed runs
         self._fit_t0: float | None = None
         self._last_saved = -1
@@ -243,7 +208,6 @@ class Trainer:
         self._bar: Any = None
         self.last_loss = math.nan
         self.last_grad_norm = math.nan
-        self.first_skipped_step: int | None = None
 
         # Run identity (the same on every rank) and the folder's lock.
         self.on_existing = on_existing
@@ -253,11 +217,11 @@ class Trainer:
             "prediction": model.prediction})
         started = time.time()
         self.run_id: str = dist_utils.broadcast_object(new_run_id(self.config_hash, started))
-        self.run_started = _iso(started)
+        self.run_started = datetime.datetime.fromtimestamp(
+            started, datetime.timezone.utc).isoformat(timespec="seconds")
         self.resumed_from: Path | None = None
         self._lock = RunLock(self.out_dir)
-        self._depth = 0  # nesting of _held() (the same on every rank)
-        self._claimed = False
+        self._hold = FolderHold(self._lock, self._claim)
         self.folder = RunFolder(self.out_dir, self.checkpoints, self.metrics, self.run_id)
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -274,46 +238,25 @@ class Trainer:
         """``out_dir/metrics.jsonl``."""
         return self.metrics.path
 
-    # ------------------------------------------------------------------ pieces
-    def _autocast_context(self) -> contextlib.AbstractContextManager:
-        if self.config.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
-
     @property
     def ema_model(self) -> ScoreModel:
         """A ``ScoreModel`` holding the EMA weights (eval mode): sample from this."""
         return self.ema.module
 
-    def _to_device(self, x: Tensor) -> Tensor:
-        x = x.to(self.device, non_blocking=True)
-        if self.host.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped with a non-finite loss or gradient (over resumed runs)."""
+        return self.skips.skipped
 
-    def _draw(
-        self, x0: Tensor, cond: Tensor | None, step: int
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``t``, ``eps`` and dropped-out ``cond`` of this rank's rows of the global batch."""
-        cfg = self.config
-        g = self._gen.manual_seed(stable_seed(cfg.seed, "step", step))
-        draw = draw_training_batch(
-            self.model, (x0.shape[0] * self.world_size, *x0.shape[1:]),
-            p_uncond=cfg.p_uncond if cond is not None else 0.0, discrete=cfg.discrete,
-            generator=g, device=self.device, dtype=x0.dtype,
-        ).shard(self.rank, self.world_size)
-        layout = torch.channels_last if self.host.channels_last and x0.ndim == 4 \
-            else torch.contiguous_format
-        return draw.t, draw.noise.contiguous(memory_format=layout), drop_condition(cond, draw.keep)
+    @property
+    def overflow_steps(self) -> int:
+        """fp16 GradScaler overflows with a finite loss (update skipped)."""
+        return self.skips.overflows
 
-    def _grad_norm(self) -> Tensor:
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        if not params:
-            raise RuntimeError("no parameter received a gradient: is the net using its input?")
-        if self.config.grad_clip is not None:
-            return torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
-        return torch.nn.utils.get_total_norm([p.grad for p in params])
+    @property
+    def first_skipped_step(self) -> int | None:
+        """The step of the run's first skip; None when none was skipped."""
+        return self.skips.first
 
     # ------------------------------------------------------------------ one step
     def step(self, x0: Tensor, cond: Tensor | None = None) -> float:
@@ -325,8 +268,8 @@ class Trainer:
         if not torch.is_tensor(x0) or x0.ndim < 2 or not x0.is_floating_point():
             got = f"{getattr(x0, 'dtype', type(x0).__name__)} {tuple(getattr(x0, 'shape', ()))}"
             raise ValueError(f"x0 must be a float tensor of shape (B, *D), got {got}")
-        if not self._claimed:  # a step outside fit(): claim the folder for this run first
-            with self._held():
+        if not self._hold.claimed:  # a step outside fit(): claim the folder for this run first
+            with self._hold(self.run_id):
                 pass
         x0 = self._to_device(x0)
         cond = self._to_device(cond) if cond is not None else None
@@ -360,59 +303,67 @@ class Trainer:
         self._record(loss_v, lr)
         return loss_v
 
-    def check_finite(self, when: str = "") -> None:
-        """Raise :class:`NonFiniteWeightsError` unless every weight and EMA value is
-        finite. One float64 sum per tensor (a NaN or inf anywhere makes it non-finite;
-        float64 cannot overflow on float32 values) and one host sync."""
-        tensors = [p.detach() for p in self.model.parameters()]
-        tensors += [v for v in self.ema.module.state_dict().values() if v.is_floating_point()]
-        dtype = torch.float32 if self.device.type == "mps" else torch.float64
-        if bool(torch.stack([t.sum(dtype=dtype) for t in tensors]).isfinite().all()):
-            return
-        bad = [n for n, v in (*(("weights", p) for p in self.model.parameters()),
-                              *(("EMA", v) for v in self.ema.module.state_dict().values()))
-               if v.is_floating_point() and not bool(v.isfinite().all())]
-        latest = self.folder.own_checkpoints()
-        raise NonFiniteWeightsError(
-            f"the run diverged: after step {self.global_step} the {' and '.join(sorted(set(bad)))} "
-            f"hold NaN or inf{when}. Nothing of this state is saved; the newest checkpoint of "
-            f"the run is {latest[-1].name if latest else 'none'} "
-            f"({self.skipped_steps} steps skipped so far). Lower lr, set grad_clip, or use "
-            "bf16 instead of fp16."
-        )
-
     def _update_or_skip(self, loss_v: float, norm_v: float) -> None:
         """AdamW + EMA update when loss and gradient norm are finite; else no update."""
         if math.isfinite(loss_v) and math.isfinite(norm_v):
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.ema.update(self.model)
-            self._nonfinite_run = 0
+            self.skips.passed()
             return
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.update()  # fp16: lowers the scale after an overflow; else a no-op
         if self.scaler.is_enabled() and math.isfinite(loss_v):
-            self.overflow_steps += 1
-        else:
-            self.check_finite()  # were the weights the cause? (a diverged update before)
-            self._skip_nonfinite(loss_v, norm_v)
+            self.skips.overflows += 1
+            return
+        self.check_finite()  # were the weights the cause? (a diverged update before)
+        self.log({"event": "nonfinite", "step": self.global_step, "loss": loss_v,
+                  "grad_norm": norm_v})
+        self.skips.skip(self.global_step, loss_v, norm_v)  # raises after max_nonfinite
 
-    def _skip_nonfinite(self, loss_v: float, norm_v: float) -> None:
-        self.skipped_steps += 1
-        self._nonfinite_run += 1
-        s = self.global_step
-        if self.first_skipped_step is None:
-            self.first_skipped_step = s
-        self.log({"event": "nonfinite", "step": s, "loss": loss_v, "grad_norm": norm_v})
-        if self._nonfinite_run >= self.host.max_nonfinite:
-            first = s - self._nonfinite_run + 1
-            raise NonFiniteLossError(
-                f"training stopped at step {s}: {self._nonfinite_run} consecutive steps "
-                f"(steps {first}..{s}) had a non-finite loss or gradient norm (last loss "
-                f"{loss_v}, grad norm {norm_v}); max_nonfinite={self.host.max_nonfinite}. "
-                "Skipped steps never reached the weights, the EMA or a checkpoint; try a lower "
-                "lr, grad_clip, or bf16 instead of fp16."
-            )
+    def check_finite(self, when: str = "") -> None:
+        """Raise :class:`NonFiniteWeightsError` unless every weight and EMA value is
+        finite (:func:`~scoregen.train.nonfinite.nonfinite_parts`: one host sync)."""
+        parts = nonfinite_parts(self.model, self.ema.module)
+        if parts:
+            latest = self.folder.own_checkpoints()
+            raise diverged(self.global_step, parts, when,
+                           latest[-1].name if latest else "none", self.skipped_steps)
+
+    def _autocast_context(self) -> contextlib.AbstractContextManager:
+        if self.config.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _to_device(self, x: Tensor) -> Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.host.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _draw(
+        self, x0: Tensor, cond: Tensor | None, step: int
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``t``, ``eps`` and dropped-out ``cond`` of this rank's rows of the global batch."""
+        cfg = self.config
+        g = self._gen.manual_seed(stable_seed(cfg.seed, "step", step))
+        draw = draw_training_batch(
+            self.model, (x0.shape[0] * self.world_size, *x0.shape[1:]),
+            p_uncond=cfg.p_uncond if cond is not None else 0.0, discrete=cfg.discrete,
+            generator=g, device=self.device, dtype=x0.dtype,
+        ).shard(self.rank, self.world_size)
+        layout = torch.channels_last if self.host.channels_last and x0.ndim == 4 \
+            else torch.contiguous_format
+        return draw.t, draw.noise.contiguous(memory_format=layout), drop_condition(cond, draw.keep)
+
+    def _grad_norm(self) -> Tensor:
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if not params:
+            raise RuntimeError("no parameter received a gradient: is the net using its input?")
+        if self.config.grad_clip is not None:
+            return torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        return torch.nn.utils.get_total_norm([p.grad for p in params])
 
     # ------------------------------------------------------------------ logging
     def log(self, record: Mapping[str, Any]) -> None:
@@ -436,45 +387,6 @@ class Trainer:
             self._bar.set_postfix(loss=f"{mean:.4g}", skipped=self.skipped_steps)
 
     # ------------------------------------------------------------------ the folder
-    @contextlib.contextmanager
-    def _held(self, claim: bool = True) -> Iterator[None]:
-        """Hold the out_dir lock (rank 0) and, with ``claim``, make sure the folder is
-        this run's (:meth:`_claim`, the first time). Call on every rank: a refusal on
-        rank 0 is raised on all of them."""
-        if self._depth:  # inside fit(): held and claimed already
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-            return
-        self._on_main(lambda: self._lock.acquire(self.run_id))
-        self._depth = 1
-        try:
-            if claim and not self._claimed:
-                self._on_main(self._claim)
-                self._claimed = True
-            yield
-        finally:
-            self._depth -= 1
-            if self._depth == 0 and self.is_main:
-                self._lock.release()
-
-    def _on_main(self, fn: Callable[[], Any]) -> None:
-        """Run ``fn`` on rank 0; an error it raises (OutDirInUseError, ExistingRunError,
-        an OSError moving files) is raised on every rank, so no rank waits in a collective
-        for one that gave up."""
-        error: BaseException | None = None
-        if self.is_main:
-            try:
-                fn()
-            except Exception as e:
-                error = e
-        if self.distributed:
-            error = dist_utils.broadcast_object(error)
-        if error is not None:
-            raise error
-
     def _claim(self) -> None:
         """Rank 0, lock held: the folder must hold no other run's checkpoints (a fresh
         run with ``on_existing="overwrite"`` moves them aside); a fresh run starts its
@@ -482,7 +394,7 @@ class Trainer:
         fresh = self.resumed_from is None
         moved = self.folder.claim(fresh=fresh, overwrite=self.on_existing == "overwrite")
         if moved is not None:
-            _warn_caller(f"moved {moved[1]} of the previous run in {self.out_dir} to {moved[0]}")
+            warn_caller(f"moved {moved[1]} of the previous run in {self.out_dir} to {moved[0]}")
         if fresh:
             self.metrics.rows = 0
             self.metrics.append({"step": self.global_step, "event": "run_start",
@@ -491,12 +403,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:
+        """The trainer's position and counters for a checkpoint (the key order of format
+        1, so that the metadata text is unchanged)."""
+        skips = self.skips.state()
         return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "skipped_steps": self.skipped_steps, "overflow_steps": self.overflow_steps,
-                "nonfinite_run": self._nonfinite_run, "world_size": self.world_size,
-                "train_seconds": round(self._elapsed(), 3),
-                "first_skipped_step": self.first_skipped_step,
-                "suspect": self.first_skipped_step is not None,
+                **{k: skips[k] for k in ("skipped_steps", "overflow_steps", "nonfinite_run")},
+                "world_size": self.world_size, "train_seconds": round(self._elapsed(), 3),
+                **{k: skips[k] for k in ("first_skipped_step", "suspect")},
                 "log_rows": self.metrics.rows}
 
     def _elapsed(self) -> float:
@@ -510,7 +423,7 @@ class Trainer:
         (:class:`NonFiniteWeightsError`) weights or an EMA that are not finite. Call on
         every rank; rank 0 writes and returns the path. Draws nothing."""
         self.check_finite(": refusing to save them")
-        with self._held():
+        with self._hold(self.run_id):
             rng = dist_utils.gather_rng_states(ckpt.capture_rng())  # a collective under DDP
             self._last_saved = self.global_step
             if not self.is_main:
@@ -530,34 +443,6 @@ class Trainer:
                 self.folder.prune(self.host.keep_last)
             return written
 
-    def _load_for_resume(self, path: str | os.PathLike | None) -> ckpt.Checkpoint | None:
-        """The checkpoint to continue from: ``path``, or the newest of out_dir that loads
-        (checksums, bounds, finite weights), warning about each newer one skipped."""
-        candidates = [Path(path)] if path is not None else self.checkpoints.list()[::-1]
-        skipped: list[str] = []
-        for p in candidates:
-            try:
-                ck = ckpt.load_checkpoint(p)
-                bad = ckpt.nonfinite_tensors({k: v for k, v in ck.tensors.items()
-                                              if k.startswith(("model.", "ema."))})
-                if bad:
-                    raise ckpt.CheckpointError(f"{p} holds non-finite weights ({bad[0]}, ...)")
-            except ckpt.CheckpointMismatchError:
-                raise
-            except ckpt.CheckpointError as e:
-                if path is not None:
-                    raise
-                skipped.append(f"{p.name}: {e}")
-                continue
-            if skipped:
-                _warn_caller(f"resume: skipped {len(skipped)} checkpoint(s) that do not load "
-                             f"and continued from {p.name}:\n  " + "\n  ".join(skipped))
-            return ck
-        if skipped:
-            raise ckpt.CheckpointError(f"no checkpoint in {self.checkpoint_dir} loads:\n  "
-                                       + "\n  ".join(skipped))
-        return None
-
     def resume(self, path: str | os.PathLike | None = None) -> bool:
         """Continue the run of the newest checkpoint of ``out_dir`` that loads (or of
         ``path``), exactly: weights, EMA, optimizer, GradScaler, step, data position,
@@ -571,88 +456,44 @@ class Trainer:
         when ``out_dir`` also holds checkpoints of another run. The run continued is
         ``trainer.run_id`` (logged as a ``"resume"`` row of ``metrics.jsonl``).
         """
-        with self._held(claim=False):
-            ck = self._load_for_resume(path)
+        with self._hold(self.run_id, claim=False):
+            candidates = [Path(path)] if path is not None else self.checkpoints.list()[::-1]
+            ck = newest_loadable(candidates, explicit=path is not None,
+                                 directory=self.checkpoint_dir)
             if ck is None:
                 return False
             self._restore(ck)
             self.run_id = self.folder.run_id = ck.run_id or self.run_id
             self.folder.legacy = ck.run_id is None
             self.resumed_from = ck.path
-            self._on_main(self._claim)  # no other run's checkpoints beside it
-            self._claimed = True
-            st = ck.state
-            self.metrics.truncate(ck.step, st.get("log_rows"))
+            self._hold.claim_now()  # no other run's checkpoints beside it
+            self.metrics.truncate(ck.step, ck.state.get("log_rows"))
             self.log({"event": "resume", "run_id": self.run_id, "from": ck.path.name,
                       "written_by_run": ck.run_id})
         return True
 
     def _restore(self, ck: ckpt.Checkpoint) -> None:
-        path = ck.path
         ck.check_compatible(model_config=self.model_config, sde=self.model.sde,
                             prediction=self.model.prediction, run_info=self.run_info)
-        ckpt.load_state_checked(self.model, ck.model_state(), "weights", path)
-        ema_state = ck.ema_state()
-        if ema_state is not None:
-            ckpt.load_state_checked(self.ema.module, ema_state, "EMA weights", path)
-            self.ema.num_updates = int(ck.meta["ema"]["num_updates"])
-        else:
-            warnings.warn(f"{path} has no EMA weights; the EMA restarts from the weights",
-                          stacklevel=3)
-            self.ema = EMA(self.model, self.config.ema_decay, warmup=self.config.ema_warmup)
-        opt_state = ck.optimizer_state()
-        if opt_state is not None:
-            self.optimizer.load_state_dict(opt_state)
-            for group in self.optimizer.param_groups:  # the config wins over saved groups
-                group.update(betas=self.config.betas, weight_decay=self.config.weight_decay)
-        scaler_state = ck.scaler_state()
-        if scaler_state is not None and self.scaler.is_enabled():
-            self.scaler.load_state_dict(scaler_state)
+        self.ema = restore_training_state(ck, self.model, self.ema, self.optimizer,
+                                          self.scaler, self.config)
         st = ck.state
-        self.global_step = ck.step
+        self.global_step = self._last_saved = ck.step
         self.epoch = int(st.get("epoch", 0))
         self.batch_in_epoch = int(st.get("batch_in_epoch", 0))
-        self.skipped_steps = int(st.get("skipped_steps", 0))
-        self.overflow_steps = int(st.get("overflow_steps", 0))
-        self._nonfinite_run = int(st.get("nonfinite_run", 0))
+        self.skips.load_state(st)
         self.train_seconds = float(st.get("train_seconds", 0.0))
-        first = st.get("first_skipped_step")
-        self.first_skipped_step = int(first) if first is not None else None
         run = ck.meta.get("run") or {}
         if isinstance(run.get("config_hash"), str):
             self.config_hash = run["config_hash"]
         if isinstance(run.get("started"), str):
             self.run_started = run["started"]
-        self._last_saved = ck.step
-        self._warn_differences(ck, path)
+        warn_differences(ck, self.config, self.world_size)
         rng = ck.rng_state(self.rank)
         if rng is not None:
             ckpt.restore_rng(rng)
 
-    def _warn_differences(self, ck: ckpt.Checkpoint, path: Any) -> None:
-        changed = self.config.differences(ck.train_config or {})  # host options: never
-        if changed:
-            warnings.warn(f"resuming {path} with a changed TrainConfig ({'; '.join(changed)}); "
-                          "the run will differ from an uninterrupted one", stacklevel=3)
-        ws = ck.state.get("world_size", self.world_size)
-        if ws != self.world_size:
-            warnings.warn(f"{path} was written by {ws} processes, resuming with "
-                          f"{self.world_size}: per-rank RNG states (dropout) are not carried "
-                          "over", stacklevel=3)
-
     # ------------------------------------------------------------------ the loop
-    def _loader(self, data: Any) -> tuple[Any, DataLoader | None]:
-        """``(data, loader)``: a tensor or map-style ``Dataset`` gets the trainer's
-        resumable loader; any other re-iterable of batches is used as given."""
-        if torch.is_tensor(data):
-            data = TensorDataset(data)
-        if not isinstance(data, Dataset) or isinstance(data, IterableDataset):
-            return data, None
-        return data, make_loader(
-            data, batch_size=self.config.batch_size, seed=self.config.seed, rank=self.rank,
-            world_size=self.world_size, num_workers=self.host.num_workers,
-            generator=self._loader_gen, pin_memory=self.device.type == "cuda")
-
     @contextlib.contextmanager
     def _fitting(self, total: int | None) -> Iterator[None]:
         """The progress bar, the loss window and the wall clock of one ``fit`` call."""
@@ -723,15 +564,18 @@ class Trainer:
         if steps is None and epochs is None:
             steps = self.config.max_steps
         batch_fn = batch_fn or default_batch_fn
-        data, loader = self._loader(data)
-        if self.on_existing == "resume" and self.resumed_from is None and not self._claimed:
+        data, loader = loader_for(
+            data, batch_size=self.config.batch_size, seed=self.config.seed, rank=self.rank,
+            world_size=self.world_size, num_workers=self.host.num_workers,
+            generator=self._loader_gen, pin_memory=self.device.type == "cuda")
+        if self.on_existing == "resume" and self.resumed_from is None and not self._hold.claimed:
             self.resume()
 
         def done() -> bool:
             return ((steps is not None and self.global_step >= steps)
                     or (epochs is not None and self.epoch >= epochs))
 
-        with self._held(), self._fitting(total=steps):
+        with self._hold(self.run_id), self._fitting(total=steps):
             while not done():
                 batches = epoch_batches(data, loader, epoch=self.epoch, skip=self.batch_in_epoch,
                                         seed=self.config.seed, generator=self._loader_gen)
@@ -746,13 +590,10 @@ class Trainer:
     def status(self) -> str:
         """One line on the run's health: ``"ok"``, or how many steps were skipped as
         non-finite, from which step, and the newest checkpoint written without skips."""
-        if not self.skipped_steps:
-            return f"ok: run {self.run_id}, step {self.global_step}, no skipped steps"
-        clean = [p for p in self.folder.own_checkpoints() if not self.folder.is_suspect(p)]
-        return (f"NOT OK: run {self.run_id} skipped {self.skipped_steps} step(s) with a "
-                f"non-finite loss or gradient (first at step {self.first_skipped_step}); "
-                f"checkpoints written after skips are suspect; the newest without: "
-                f"{clean[-1] if clean else 'none'}")
+        clean = [p for p in self.folder.own_checkpoints() if not self.folder.is_suspect(p)] \
+            if self.skipped_steps else []
+        return self.skips.status(self.run_id, self.global_step,
+                                 str(clean[-1]) if clean else "none")
 
     def _run_epoch(
         self,
