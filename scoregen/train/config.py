@@ -29,7 +29,8 @@ from typing import Any
 
 from scoregen.losses import WEIGHTINGS
 
-__all__ = ["TrainConfig", "HostOptions", "PRECISIONS", "LR_SCHEDULES", "plain_model_config"]
+__all__ = ["TrainConfig", "HostOptions", "PRECISIONS", "LR_SCHEDULES", "plain_model_config",
+           "plain_run_info"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine")
@@ -214,3 +215,10 @@ def plain_model_config(model_config: Mapping[str, Any] | Any | None) -> dict[str
     if model_config is None:
         return None
     return json.loads(json.dumps(dict(model_config)))
+
+
+def plain_run_info(run_info: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What the run is about, as a plain JSON dict (a copy; None: empty)."""
+    if run_info is not None and not isinstance(run_info, Mapping):
+        raise TypeError(f"run_info must be a mapping (JSON), got {type(run_info).__name__}")
+    return json.loads(json.dumps(dict(run_info or {})))

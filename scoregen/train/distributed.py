@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "gather_rng_states",
     "broadcast_object",
     "on_main",
+    "wrap_net",
     "ResumableDistributedSampler",
 ]
 
@@ -159,3 +161,15 @@ def on_main(fn: Callable[[], Any]) -> None:
         error = broadcast_object(error)
     if error is not None:
         raise error
+
+
+def wrap_net(net: nn.Module, device: torch.device, *, find_unused_parameters: bool = False,
+             compile: bool = False) -> Any:
+    """``net`` in ``DistributedDataParallel`` when running distributed (which broadcasts
+    rank 0's weights: every rank starts identical), then ``torch.compile``-d when asked.
+    The result shares every parameter with ``net``."""
+    if is_distributed():
+        net = DistributedDataParallel(
+            net, device_ids=[device] if device.type == "cuda" else None,
+            find_unused_parameters=find_unused_parameters)
+    return torch.compile(net) if compile else net

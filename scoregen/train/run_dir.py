@@ -39,13 +39,16 @@ import json
 import os
 import re
 import socket
+import sys
+import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 from scoregen.train.checkpoint_dir import CheckpointDir
 from scoregen.train.checkpoint_file import CheckpointError, read_meta, run_id_of
-from scoregen.train.distributed import on_main
+from scoregen.train.distributed import broadcast_object, on_main
 from scoregen.train.metrics_log import MetricsLog
 
 __all__ = [
@@ -57,7 +60,10 @@ __all__ = [
     "ON_EXISTING",
     "config_hash",
     "new_run_id",
+    "new_identity",
+    "started_iso",
     "move_run_aside",
+    "warn_caller",
 ]
 
 ON_EXISTING = ("refuse", "resume", "overwrite")
@@ -89,6 +95,31 @@ def new_run_id(digest: str, started: float) -> str:
     """``<UTC start time>-<first 8 of digest>-<4 random hex>``."""
     stamp = datetime.datetime.fromtimestamp(started, datetime.timezone.utc)
     return f"{stamp:%Y%m%dT%H%M%SZ}-{digest[:8]}-{os.urandom(2).hex()}"
+
+
+def new_identity(parts: Mapping[str, Any]) -> tuple[str, str, str]:
+    """``(config hash of parts, run id, start time)`` of a run starting now; the run id
+    is rank 0's on every rank (call on every rank)."""
+    digest = config_hash(parts)
+    started = time.time()
+    return digest, broadcast_object(new_run_id(digest, started)), started_iso(started)
+
+
+def started_iso(started: float) -> str:
+    """A start time (``time.time()``) as ISO 8601 UTC, to the second."""
+    return datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(
+        timespec="seconds")
+
+
+def warn_caller(message: str) -> None:
+    """``warnings.warn`` attributed to the first frame outside this package and
+    contextlib (the user's ``fit`` / ``resume`` call, however deep the path)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and (os.path.dirname(os.path.abspath(frame.f_code.co_filename))
+                                 == here or frame.f_code.co_filename == contextlib.__file__):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, stacklevel=level + 1)
 
 
 class RunLock:
@@ -128,8 +159,8 @@ class RunLock:
                 ) from None
         f.seek(0)
         f.truncate()
-        since = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        f.write(f"pid {os.getpid()} on {socket.gethostname()}, run {run_id}, since {since}\n")
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, run {run_id}, "
+                f"since {started_iso(time.time())}\n")
         f.flush()
         self._file, self._depth = f, 1
 
@@ -268,14 +299,25 @@ class RunFolder:
         later ones are suspect; other runs' files and unreadable ones are never deleted."""
         return self.checkpoints.prune(keep_last, owned=self.owns, suspect=self.is_suspect)
 
-    def claim(self, *, fresh: bool, overwrite: bool) -> tuple[Path, str] | None:
+    def claim(self, *, fresh: bool, overwrite: bool,
+              start_row: Mapping[str, Any] | None = None) -> tuple[Path, str] | None:
         """Make sure the folder holds no other run's checkpoints (call with the lock held).
 
         Raises :class:`ExistingRunError` when it does, unless ``fresh`` and ``overwrite``:
-        then they and ``metrics.jsonl`` are moved aside. A fresh run also moves aside a
-        ``metrics.jsonl`` left without any checkpoint (a run killed before its first one).
+        then they and ``metrics.jsonl`` are moved aside, with a warning. A fresh run also
+        moves aside a ``metrics.jsonl`` left without any checkpoint (a run killed before
+        its first one) and starts its own with ``start_row`` (the ``"run_start"`` row).
         Returns ``(the folder things were moved to, what was moved)``, or None.
         """
+        moved = self._make_room(fresh=fresh, overwrite=overwrite)
+        if moved is not None:
+            warn_caller(f"moved {moved[1]} of the previous run in {self.out_dir} to {moved[0]}")
+        if fresh and start_row is not None:
+            self.metrics.rows = 0
+            self.metrics.append(start_row)
+        return moved
+
+    def _make_room(self, *, fresh: bool, overwrite: bool) -> tuple[Path, str] | None:
         self.checkpoints.remove_partial()
         others: dict[str, str | None] = {}  # another run's checkpoint -> its run id
         for p in self.checkpoints.list():

@@ -1,36 +1,21 @@
 """``Trainer``: denoising score matching with AdamW, EMA, AMP, compile, DDP, checkpoints.
 
-One optimisation step (:meth:`Trainer.step`) on a local batch ``x0: (B, *D)``:
+One optimisation step (:meth:`Trainer.step`) on a local batch ``x0: (B, *D)``: the
+learning rate of the step (warm-up, then constant or cosine); ``t``, ``eps`` and the
+guidance dropout drawn for the global batch (:mod:`~scoregen.train.step`: the same run
+for any number of processes); :func:`scoregen.dsm_loss` under autocast; backward (DDP
+averages gradients), unscale, clipping; the AdamW and EMA update — or none at all when
+the loss or the gradient norm is not finite, and a check of the weights every
+``check_finite_every`` steps (:mod:`~scoregen.train.nonfinite`).
 
-1. the learning rate of this step: linear warm-up, then constant or cosine;
-2. ``t``, ``eps`` and the classifier-free-guidance dropout mask are drawn for the
-   *global* batch by :func:`scoregen.losses.draw_training_batch` (the draw ``dsm_loss``
-   uses) from a generator seeded by ``(seed, step)``; each rank keeps its rows
-   (``[rank::world_size]``, the rows ``DistributedSampler`` gives it). The run is thus
-   the same for any number of processes with the same global batch, and resuming
-   needs no generator state;
-3. :func:`scoregen.dsm_loss` under the autocast context chosen once in ``__init__``
-   (fp32: none; bf16: ``torch.autocast``; fp16: autocast + ``GradScaler``);
-4. backward (DDP averages gradients across ranks), unscale, gradient-norm clipping;
-5. AdamW and EMA update (:class:`scoregen.EMA`) — or, when the loss or the gradient norm
-   is not finite, no update at all, counted; then, every ``check_finite_every`` steps,
-   the weights are checked (the policy: :mod:`~scoregen.train.nonfinite`).
-
-:meth:`Trainer.fit` is the loop: it feeds batches (:mod:`~scoregen.train.batches`), logs
-(tqdm bar, ``metrics.jsonl``: :mod:`~scoregen.train.metrics_log`), calls per-epoch
-hooks and writes atomic checkpoints (:mod:`~scoregen.train.checkpoint`) into a
-:class:`~scoregen.train.checkpoint_dir.CheckpointDir`. :meth:`Trainer.resume`
+:meth:`Trainer.fit` is the loop: batches (:mod:`~scoregen.train.batches`), the log
+(:mod:`~scoregen.train.metrics_log`), per-epoch hooks and checkpoints
+(:mod:`~scoregen.train.checkpoint`). :meth:`Trainer.resume`
 (:mod:`~scoregen.train.resume`) continues a run exactly where its last good checkpoint
-left it, including the position inside the epoch. The trainer draws no figures: plot
-``metrics.jsonl`` from the caller or a hook (:func:`~scoregen.train.metrics_log.loss_curve`).
-
-Trust in the folder (:mod:`~scoregen.train.run_dir`): every run has a run id, written
-into its checkpoints and ``metrics.jsonl``; a fresh run refuses an ``out_dir`` holding
-another run's checkpoints (``on_existing``: ``"refuse"``, ``"resume"`` or
-``"overwrite"``, which moves the old run aside); pruning deletes only the run's own
-checkpoints and keeps its last good one; ``fit``, ``save`` and ``resume`` hold an
-advisory lock on the folder, so a second trainer there fails with
-:class:`OutDirInUseError`.
+left it, inside the epoch too. The run owns its ``out_dir``
+(:mod:`~scoregen.train.run_dir`): a run id in its checkpoints and log, a fresh run
+refuses another run's folder (``on_existing``), pruning deletes only its own files and
+an advisory lock keeps a second trainer out. The trainer draws no figures.
 
 What defines the run is a :class:`~scoregen.train.config.TrainConfig` (compared on
 resume); how this host runs it is a :class:`~scoregen.train.config.HostOptions` (never
@@ -40,8 +25,6 @@ compared).
 from __future__ import annotations
 
 import contextlib
-import datetime
-import json
 import math
 import os
 import time
@@ -51,44 +34,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
-from scoregen.losses import draw_training_batch, drop_condition, dsm_loss
+from scoregen.losses import dsm_loss
 from scoregen.model import ScoreModel
 from scoregen.train import checkpoint as ckpt
 from scoregen.train import distributed as dist_utils
-from scoregen.train.batches import Batch, default_batch_fn, epoch_batches, loader_for, stable_seed
+from scoregen.train import nonfinite, run_dir
+from scoregen.train.batches import Batch, default_batch_fn, epoch_batches, loader_for
 from scoregen.train.checkpoint_dir import CheckpointDir
-from scoregen.train.config import HostOptions, TrainConfig, plain_model_config
+from scoregen.train.config import HostOptions, TrainConfig, plain_model_config, plain_run_info
 from scoregen.train.ema import EMA
-from scoregen.train.metrics_log import LossWindow, MetricsLog
-from scoregen.train.nonfinite import (
-    NonFiniteLossError,
-    NonFiniteWeightsError,
-    SkipCounter,
-    diverged,
-    nonfinite_parts,
-)
-from scoregen.train.resume import (
-    newest_loadable,
-    restore_training_state,
-    warn_caller,
-    warn_differences,
-)
-from scoregen.train.run_dir import (
-    ON_EXISTING,
-    ExistingRunError,
-    FolderHold,
-    OutDirInUseError,
-    RunFolder,
-    RunLock,
-    config_hash,
-    new_run_id,
-)
+from scoregen.train.metrics_log import MetricsLog, Progress
+from scoregen.train.nonfinite import NonFiniteLossError, NonFiniteWeightsError
+from scoregen.train.resume import resume_run, save_trainer
+from scoregen.train.run_dir import ExistingRunError, OutDirInUseError
+from scoregen.train.step import autocast_for, draw_rows, grad_norm, host_values, to_device
 
 __all__ = ["Trainer", "NonFiniteLossError", "NonFiniteWeightsError", "ExistingRunError",
            "OutDirInUseError"]
@@ -147,17 +109,14 @@ class Trainer:
         host = HostOptions() if host is None else host
         if not isinstance(host, HostOptions):
             raise TypeError(f"host must be a HostOptions, got {type(host).__name__}")
-        if on_existing not in ON_EXISTING:
-            raise ValueError(f"on_existing must be one of {ON_EXISTING}, got {on_existing!r}")
+        if on_existing not in run_dir.ON_EXISTING:
+            raise ValueError(f"on_existing must be one of {run_dir.ON_EXISTING}, "
+                             f"got {on_existing!r}")
         if not isinstance(model.net, torch.nn.Module) or not any(True for _ in model.parameters()):
             raise ValueError("the model's net must be an nn.Module with parameters to train")
-        model_config = plain_model_config(model_config)
-        self.config = config
-        self.host = host
-        self.model_config: dict[str, Any] | None = model_config
-        if run_info is not None and not isinstance(run_info, Mapping):
-            raise TypeError(f"run_info must be a mapping (JSON), got {type(run_info).__name__}")
-        self.run_info: dict[str, Any] = json.loads(json.dumps(dict(run_info or {})))
+        self.config, self.host = config, host
+        self.model_config = plain_model_config(model_config)
+        self.run_info = plain_run_info(run_info)
         self.out_dir = Path(out_dir)
         self.checkpoints = CheckpointDir(self.out_dir / "checkpoints")
 
@@ -176,53 +135,36 @@ class Trainer:
         if host.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model
-        net: Any = model.net
-        if self.distributed:  # broadcasts rank 0's weights: every rank starts identical
-            net = DistributedDataParallel(
-                net,
-                device_ids=[self.device] if self.device.type == "cuda" else None,
-                find_unused_parameters=host.find_unused_parameters,
-            )
-        if host.compile:
-            net = torch.compile(net)
+        net = dist_utils.wrap_net(model.net, self.device, compile=host.compile,
+                                  find_unused_parameters=host.find_unused_parameters)
         # Shares every parameter with `model`; only the net call goes through DDP / compile.
         self._train_model = ScoreModel(net, model.sde, model.prediction)
         self.ema = EMA(model, config.ema_decay, warmup=config.ema_warmup)
-        self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=config.lr, betas=config.betas,
-            weight_decay=config.weight_decay,
-        )
-        self.autocast = self._autocast_context()  # chosen once, entered every step
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas,
+                                           weight_decay=config.weight_decay)
+        self.autocast = autocast_for(config.precision, self.device.type)  # entered every step
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self._gen = torch.Generator(device=self.device)
         self._loader_gen = torch.Generator()
 
-        self.global_step = 0
-        self.epoch = 0
-        self.batch_in_epoch = 0
-        self.skips = SkipCounter(host.max_nonfinite)  # non-finite steps: update skipped
+        self.global_step = self.epoch = self.batch_in_epoch = 0
+        self.skips = nonfinite.SkipCounter(host.max_nonfinite)  # non-finite steps: update skipped
         self.train_seconds = 0.0  # wall time inside fit(), summed over resumed runs
         self._fit_t0: float | None = None
         self._last_saved = -1
-        self._window = LossWindow()
-        self._bar: Any = None
-        self.last_loss = math.nan
-        self.last_grad_norm = math.nan
+        self.progress = Progress(host.log_every)
+        self.last_loss = self.last_grad_norm = math.nan
 
         # Run identity (the same on every rank) and the folder's lock.
         self.on_existing = on_existing
-        self.config_hash = config_hash({
+        self.config_hash, self.run_id, self.run_started = run_dir.new_identity({
             "train_config": config.to_dict(), "model_config": self.model_config,
             "run_info": self.run_info, "sde": model.sde.to_dict(),
             "prediction": model.prediction})
-        started = time.time()
-        self.run_id: str = dist_utils.broadcast_object(new_run_id(self.config_hash, started))
-        self.run_started = datetime.datetime.fromtimestamp(
-            started, datetime.timezone.utc).isoformat(timespec="seconds")
         self.resumed_from: Path | None = None
-        self._lock = RunLock(self.out_dir)
-        self._hold = FolderHold(self._lock, self._claim)
-        self.folder = RunFolder(self.out_dir, self.checkpoints, self.metrics, self.run_id)
+        self._lock = run_dir.RunLock(self.out_dir)
+        self._hold = run_dir.FolderHold(self._lock, self._claim)
+        self.folder = run_dir.RunFolder(self.out_dir, self.checkpoints, self.metrics, self.run_id)
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(OutDirInUseError), self._lock.held(self.run_id):
@@ -271,29 +213,25 @@ class Trainer:
         if not self._hold.claimed:  # a step outside fit(): claim the folder for this run first
             with self._hold(self.run_id):
                 pass
-        x0 = self._to_device(x0)
-        cond = self._to_device(cond) if cond is not None else None
+        x0, cond = (to_device(v, self.device, self.host.channels_last) for v in (x0, cond))
         if not self.model.net.training:
             self._train_model.train()
         index = self.global_step  # 0-based index of this update
         lr = cfg.lr_at(index)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        t, noise, cond = self._draw(x0, cond, index)
-
+        t, noise, cond = draw_rows(self.model, x0, cond, config=cfg, step=index,
+                                   generator=self._gen, device=self.device, rank=self.rank,
+                                   world_size=self.world_size,
+                                   channels_last=self.host.channels_last)
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast:
             loss = dsm_loss(self._train_model, x0, cond, t=t, noise=noise,
                             weighting=cfg.weighting)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        grad_norm = self._grad_norm()
-        loss_all = loss.detach().float().reshape(1)
-        if self.distributed:
-            dist.all_reduce(loss_all)
-            loss_all = loss_all / self.world_size
-        loss_v, norm_v = torch.cat([loss_all, grad_norm.detach().float().reshape(1)
-                                    .to(loss_all.device)]).tolist()  # the one host sync
+        loss_v, norm_v = host_values(loss, grad_norm(self.model, cfg.grad_clip),
+                                     distributed=self.distributed, world_size=self.world_size)
         self.global_step += 1
         self.last_loss, self.last_grad_norm = loss_v, norm_v
         self._update_or_skip(loss_v, norm_v)
@@ -324,46 +262,11 @@ class Trainer:
     def check_finite(self, when: str = "") -> None:
         """Raise :class:`NonFiniteWeightsError` unless every weight and EMA value is
         finite (:func:`~scoregen.train.nonfinite.nonfinite_parts`: one host sync)."""
-        parts = nonfinite_parts(self.model, self.ema.module)
+        parts = nonfinite.nonfinite_parts(self.model, self.ema.module)
         if parts:
             latest = self.folder.own_checkpoints()
-            raise diverged(self.global_step, parts, when,
-                           latest[-1].name if latest else "none", self.skipped_steps)
-
-    def _autocast_context(self) -> contextlib.AbstractContextManager:
-        if self.config.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
-
-    def _to_device(self, x: Tensor) -> Tensor:
-        x = x.to(self.device, non_blocking=True)
-        if self.host.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
-
-    def _draw(
-        self, x0: Tensor, cond: Tensor | None, step: int
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``t``, ``eps`` and dropped-out ``cond`` of this rank's rows of the global batch."""
-        cfg = self.config
-        g = self._gen.manual_seed(stable_seed(cfg.seed, "step", step))
-        draw = draw_training_batch(
-            self.model, (x0.shape[0] * self.world_size, *x0.shape[1:]),
-            p_uncond=cfg.p_uncond if cond is not None else 0.0, discrete=cfg.discrete,
-            generator=g, device=self.device, dtype=x0.dtype,
-        ).shard(self.rank, self.world_size)
-        layout = torch.channels_last if self.host.channels_last and x0.ndim == 4 \
-            else torch.contiguous_format
-        return draw.t, draw.noise.contiguous(memory_format=layout), drop_condition(cond, draw.keep)
-
-    def _grad_norm(self) -> Tensor:
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        if not params:
-            raise RuntimeError("no parameter received a gradient: is the net using its input?")
-        if self.config.grad_clip is not None:
-            return torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
-        return torch.nn.utils.get_total_norm([p.grad for p in params])
+            raise nonfinite.diverged(self.global_step, parts, when,
+                                     latest[-1].name if latest else "none", self.skipped_steps)
 
     # ------------------------------------------------------------------ logging
     def log(self, record: Mapping[str, Any]) -> None:
@@ -375,43 +278,24 @@ class Trainer:
         return self.metrics.read()
 
     def _record(self, loss_v: float, lr: float) -> None:
-        self._window.add(loss_v)
-        if self._bar is not None:
-            self._bar.update(1)
-        if self.global_step % self.host.log_every:
-            return
-        mean, rate = self._window.flush()
-        self.log({"epoch": self.epoch, "loss": mean, "lr": lr, "grad_norm": self.last_grad_norm,
-                  "skipped": self.skipped_steps, "it_per_s": rate})
-        if self._bar is not None:
-            self._bar.set_postfix(loss=f"{mean:.4g}", skipped=self.skipped_steps)
+        window = self.progress.step(self.global_step, loss_v)
+        if window is not None:  # a training line every log_every steps
+            mean, rate = window
+            self.log({"epoch": self.epoch, "loss": mean, "lr": lr,
+                      "grad_norm": self.last_grad_norm, "skipped": self.skipped_steps,
+                      "it_per_s": rate})
+            self.progress.show(mean, self.skipped_steps)
 
     # ------------------------------------------------------------------ the folder
     def _claim(self) -> None:
-        """Rank 0, lock held: the folder must hold no other run's checkpoints (a fresh
-        run with ``on_existing="overwrite"`` moves them aside); a fresh run starts its
-        own ``metrics.jsonl`` with a ``"run_start"`` row."""
+        """Rank 0, lock held: :meth:`RunFolder.claim <scoregen.train.run_dir.RunFolder.claim>`
+        the folder for this run; a fresh run starts its log with a ``"run_start"`` row."""
         fresh = self.resumed_from is None
-        moved = self.folder.claim(fresh=fresh, overwrite=self.on_existing == "overwrite")
-        if moved is not None:
-            warn_caller(f"moved {moved[1]} of the previous run in {self.out_dir} to {moved[0]}")
-        if fresh:
-            self.metrics.rows = 0
-            self.metrics.append({"step": self.global_step, "event": "run_start",
-                                 "run_id": self.run_id, "config_hash": self.config_hash,
-                                 "started": self.run_started})
+        self.folder.claim(fresh=fresh, overwrite=self.on_existing == "overwrite", start_row={
+            "step": self.global_step, "event": "run_start", "run_id": self.run_id,
+            "config_hash": self.config_hash, "started": self.run_started} if fresh else None)
 
     # ------------------------------------------------------------------ checkpoints
-    def _state(self) -> dict[str, Any]:
-        """The trainer's position and counters for a checkpoint (the key order of format
-        1, so that the metadata text is unchanged)."""
-        skips = self.skips.state()
-        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                **{k: skips[k] for k in ("skipped_steps", "overflow_steps", "nonfinite_run")},
-                "world_size": self.world_size, "train_seconds": round(self._elapsed(), 3),
-                **{k: skips[k] for k in ("first_skipped_step", "suspect")},
-                "log_rows": self.metrics.rows}
-
     def _elapsed(self) -> float:
         running = 0.0 if self._fit_t0 is None else time.perf_counter() - self._fit_t0
         return self.train_seconds + running
@@ -428,18 +312,9 @@ class Trainer:
             self._last_saved = self.global_step
             if not self.is_main:
                 return None
-            default = path is None
+            written = save_trainer(
+                self, self.checkpoints.path_for(self.global_step) if path is None else path, rng)
             if path is None:
-                path = self.checkpoints.path_for(self.global_step)
-            written = ckpt.save_checkpoint(
-                Path(path), self.model, ema=self.ema, optimizer=self.optimizer,
-                scaler=self.scaler, step=self.global_step, train_config=self.config.to_dict(),
-                model_config=self.model_config, state=self._state(), rng=rng,
-                host_options=self.host.to_dict(), run_info=self.run_info,
-                run={"id": self.run_id, "started": self.run_started,
-                     "config_hash": self.config_hash},
-            )
-            if default:
                 self.folder.prune(self.host.keep_last)
             return written
 
@@ -456,64 +331,19 @@ class Trainer:
         when ``out_dir`` also holds checkpoints of another run. The run continued is
         ``trainer.run_id`` (logged as a ``"resume"`` row of ``metrics.jsonl``).
         """
-        with self._hold(self.run_id, claim=False):
-            candidates = [Path(path)] if path is not None else self.checkpoints.list()[::-1]
-            ck = newest_loadable(candidates, explicit=path is not None,
-                                 directory=self.checkpoint_dir)
-            if ck is None:
-                return False
-            self._restore(ck)
-            self.run_id = self.folder.run_id = ck.run_id or self.run_id
-            self.folder.legacy = ck.run_id is None
-            self.resumed_from = ck.path
-            self._hold.claim_now()  # no other run's checkpoints beside it
-            self.metrics.truncate(ck.step, ck.state.get("log_rows"))
-            self.log({"event": "resume", "run_id": self.run_id, "from": ck.path.name,
-                      "written_by_run": ck.run_id})
-        return True
-
-    def _restore(self, ck: ckpt.Checkpoint) -> None:
-        ck.check_compatible(model_config=self.model_config, sde=self.model.sde,
-                            prediction=self.model.prediction, run_info=self.run_info)
-        self.ema = restore_training_state(ck, self.model, self.ema, self.optimizer,
-                                          self.scaler, self.config)
-        st = ck.state
-        self.global_step = self._last_saved = ck.step
-        self.epoch = int(st.get("epoch", 0))
-        self.batch_in_epoch = int(st.get("batch_in_epoch", 0))
-        self.skips.load_state(st)
-        self.train_seconds = float(st.get("train_seconds", 0.0))
-        run = ck.meta.get("run") or {}
-        if isinstance(run.get("config_hash"), str):
-            self.config_hash = run["config_hash"]
-        if isinstance(run.get("started"), str):
-            self.run_started = run["started"]
-        warn_differences(ck, self.config, self.world_size)
-        rng = ck.rng_state(self.rank)
-        if rng is not None:
-            ckpt.restore_rng(rng)
+        return resume_run(self, path)
 
     # ------------------------------------------------------------------ the loop
     @contextlib.contextmanager
     def _fitting(self, total: int | None) -> Iterator[None]:
         """The progress bar, the loss window and the wall clock of one ``fit`` call."""
-        if self.is_main and self.host.progress:
-            self._bar = tqdm(total=total, initial=self.global_step, desc="train",
-                             dynamic_ncols=True)
-        self._window.reset()
-        self._fit_t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.train_seconds, self._fit_t0 = self._elapsed(), None
-            if self._bar is not None:
-                self._bar.close()
-                self._bar = None
-
-    def _maybe_save(self) -> None:
-        every = self.host.checkpoint_every
-        if every and self.global_step % every == 0:
-            self.save()
+        with self.progress.running(total=total, initial=self.global_step,
+                                   show=self.is_main and self.host.progress):
+            self._fit_t0 = time.perf_counter()
+            try:
+                yield
+            finally:
+                self.train_seconds, self._fit_t0 = self._elapsed(), None
 
     def _end_epoch(self, hook: Callable[[Trainer, int], Any] | None) -> None:
         """Run the epoch hook and log its row. When the hook raises, the row records the
@@ -587,14 +417,6 @@ class Trainer:
                 "skipped_steps": self.skipped_steps, "train_seconds": self.train_seconds,
                 "run_id": self.run_id, "ok": ok, "status": self.status()}
 
-    def status(self) -> str:
-        """One line on the run's health: ``"ok"``, or how many steps were skipped as
-        non-finite, from which step, and the newest checkpoint written without skips."""
-        clean = [p for p in self.folder.own_checkpoints() if not self.folder.is_suspect(p)] \
-            if self.skipped_steps else []
-        return self.skips.status(self.run_id, self.global_step,
-                                 str(clean[-1]) if clean else "none")
-
     def _run_epoch(
         self,
         batches: Iterator[Any],
@@ -621,4 +443,14 @@ class Trainer:
             batch = next(batches, _END)  # look ahead: was that the epoch's last?
             if batch is _END:
                 self._end_epoch(on_epoch_end)
-            self._maybe_save()
+            every = self.host.checkpoint_every
+            if every and self.global_step % every == 0:
+                self.save()
+
+    def status(self) -> str:
+        """One line on the run's health: ``"ok"``, or how many steps were skipped as
+        non-finite, from which step, and the newest checkpoint written without skips."""
+        clean = [p for p in self.folder.own_checkpoints() if not self.folder.is_suspect(p)] \
+            if self.skipped_steps else []
+        return self.skips.status(self.run_id, self.global_step,
+                                 str(clean[-1]) if clean else "none")
