@@ -22,13 +22,16 @@ The policy of :class:`~scoregen.train.trainer.Trainer` (issue 10, "non-finite sa
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["NonFiniteLossError", "NonFiniteWeightsError", "SkipCounter", "nonfinite_parts",
-           "nonfinite_tensors", "diverged"]
+if TYPE_CHECKING:
+    from scoregen.train.run_dir import RunFolder
+
+__all__ = ["NonFiniteLossError", "NonFiniteWeightsError", "SkipCounter", "check_finite",
+           "nonfinite_parts", "nonfinite_tensors", "diverged"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -70,6 +73,16 @@ def diverged(step: int, parts: list[str], when: str, newest: str, skipped: int
         f"{when}. Nothing of this state is saved; the newest checkpoint of the run is "
         f"{newest} ({skipped} steps skipped so far). Lower lr, set grad_clip, or use bf16 "
         "instead of fp16.")
+
+
+def check_finite(model: nn.Module, ema_model: nn.Module, *, step: int, when: str,
+                 folder: RunFolder, skipped: int) -> None:
+    """Raise :func:`diverged` (naming the run's newest checkpoint in ``folder``) unless
+    :func:`nonfinite_parts` finds every weight and EMA value finite."""
+    parts = nonfinite_parts(model, ema_model)
+    if parts:
+        latest = folder.own_checkpoints()
+        raise diverged(step, parts, when, latest[-1].name if latest else "none", skipped)
 
 
 class SkipCounter:
@@ -122,10 +135,12 @@ class SkipCounter:
         first = st.get("first_skipped_step")
         self.first = int(first) if first is not None else None
 
-    def status(self, run_id: str, step: int, clean: str) -> str:
-        """One line on the run's health; ``clean``: its newest checkpoint without skips."""
+    def status(self, run_id: str, step: int, folder: RunFolder) -> str:
+        """One line on the run's health; names the newest checkpoint of the run in
+        ``folder`` written without skips."""
         if not self.skipped:
             return f"ok: run {run_id}, step {step}, no skipped steps"
+        clean = [p for p in folder.own_checkpoints() if not folder.is_suspect(p)]
         return (f"NOT OK: run {run_id} skipped {self.skipped} step(s) with a non-finite loss "
                 f"or gradient (first at step {self.first}); checkpoints written after skips "
-                f"are suspect; the newest without: {clean}")
+                f"are suspect; the newest without: {clean[-1] if clean else 'none'}")

@@ -122,8 +122,7 @@ class Trainer:
 
         want = torch.device(device) if device is not None else model.device
         self.distributed = dist_utils.init_distributed(want)
-        self.rank = dist_utils.get_rank()
-        self.world_size = dist_utils.get_world_size()
+        self.rank, self.world_size = dist_utils.get_rank(), dist_utils.get_world_size()
         self.is_main = self.rank == 0
         self.metrics = MetricsLog(self.out_dir / "metrics.jsonl", enabled=self.is_main)
         self.device = dist_utils.local_device(want)
@@ -185,20 +184,13 @@ class Trainer:
         """A ``ScoreModel`` holding the EMA weights (eval mode): sample from this."""
         return self.ema.module
 
-    @property
-    def skipped_steps(self) -> int:
-        """Steps skipped with a non-finite loss or gradient (over resumed runs)."""
-        return self.skips.skipped
-
-    @property
-    def overflow_steps(self) -> int:
-        """fp16 GradScaler overflows with a finite loss (update skipped)."""
-        return self.skips.overflows
-
-    @property
-    def first_skipped_step(self) -> int | None:
-        """The step of the run's first skip; None when none was skipped."""
-        return self.skips.first
+    # the run's skip counters (:class:`~scoregen.train.nonfinite.SkipCounter`), read-only
+    skipped_steps = property(lambda self: self.skips.skipped,
+                             doc="Steps skipped with a non-finite loss or gradient (over resumes).")
+    overflow_steps = property(lambda self: self.skips.overflows,
+                              doc="fp16 GradScaler overflows with a finite loss (update skipped).")
+    first_skipped_step = property(lambda self: self.skips.first,
+                                  doc="The step of the run's first skip; None: none skipped.")
 
     # ------------------------------------------------------------------ one step
     def step(self, x0: Tensor, cond: Tensor | None = None) -> float:
@@ -262,11 +254,8 @@ class Trainer:
     def check_finite(self, when: str = "") -> None:
         """Raise :class:`NonFiniteWeightsError` unless every weight and EMA value is
         finite (:func:`~scoregen.train.nonfinite.nonfinite_parts`: one host sync)."""
-        parts = nonfinite.nonfinite_parts(self.model, self.ema.module)
-        if parts:
-            latest = self.folder.own_checkpoints()
-            raise nonfinite.diverged(self.global_step, parts, when,
-                                     latest[-1].name if latest else "none", self.skipped_steps)
+        nonfinite.check_finite(self.model, self.ema.module, step=self.global_step, when=when,
+                               folder=self.folder, skipped=self.skipped_steps)
 
     # ------------------------------------------------------------------ logging
     def log(self, record: Mapping[str, Any]) -> None:
@@ -450,7 +439,4 @@ class Trainer:
     def status(self) -> str:
         """One line on the run's health: ``"ok"``, or how many steps were skipped as
         non-finite, from which step, and the newest checkpoint written without skips."""
-        clean = [p for p in self.folder.own_checkpoints() if not self.folder.is_suspect(p)] \
-            if self.skipped_steps else []
-        return self.skips.status(self.run_id, self.global_step,
-                                 str(clean[-1]) if clean else "none")
+        return self.skips.status(self.run_id, self.global_step, self.folder)
