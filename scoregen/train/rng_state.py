@@ -63,4 +63,3 @@ def restore_rng(state: Mapping[str, Tensor]) -> None:
         p = state["python"].tolist()
         g, is_none = state["python_gauss"].tolist()
         random.setstate((int(p[0]), tuple(int(v) for v in p[1:]), None if is_none else g))
-
