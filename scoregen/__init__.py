@@ -24,10 +24,14 @@ from scoregen.sde import SDE, VESDE, VPSDE, SubVPSDE
 from scoregen.segmentation.ensemble import fuse, staple, uncertainty
 from scoregen.train import (
     EMA,
+    CheckpointBoundsError,
     CheckpointError,
     CheckpointMismatchError,
+    ExistingRunError,
     HostOptions,
     NonFiniteLossError,
+    NonFiniteWeightsError,
+    OutDirInUseError,
     TrainConfig,
     Trainer,
     load_checkpoint,
@@ -45,8 +49,9 @@ __all__ = [
     "log_likelihood", "log_prob", "log_prob_with_info", "LogProbResult", "dequantize",
     "GaussianMixture", "ring_mixture",
     "UNet", "UNetConfig", "UNET_PRESETS",
-    "Trainer", "TrainConfig", "HostOptions", "NonFiniteLossError", "EMA",
+    "Trainer", "TrainConfig", "HostOptions", "NonFiniteLossError", "NonFiniteWeightsError",
+    "ExistingRunError", "OutDirInUseError", "EMA",
     "save_checkpoint", "load_checkpoint", "load_model", "CheckpointError",
-    "CheckpointMismatchError",
+    "CheckpointMismatchError", "CheckpointBoundsError",
     "fuse", "staple", "uncertainty",
 ]

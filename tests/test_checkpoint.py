@@ -385,3 +385,30 @@ def test_resume_falls_back_to_the_newest_checkpoint_that_loads(tmp_path):
         make_trainer(run).resume()
     with pytest.raises(CheckpointError, match="checksum"):  # an explicit path: no fallback
         make_trainer(run).resume(ckdir / "step_00000006.safetensors")
+
+
+# Every name scoregen.train.checkpoint exported before the file format, the RNG states and
+# the non-finite check moved to modules of their own (checkpoint_file, rng_state, nonfinite).
+CHECKPOINT_NAMES = [
+    "Checkpoint", "CheckpointError", "CheckpointMismatchError", "CheckpointBoundsError",
+    "save_checkpoint", "load_checkpoint", "load_model", "write_checkpoint", "read_checkpoint",
+    "list_checkpoints", "latest_checkpoint", "prune_checkpoints", "remove_partial_checkpoints",
+    "checkpoint_name", "capture_rng", "restore_rng", "load_state_checked", "read_meta",
+    "run_id_of", "check_bounds", "nonfinite_tensors", "FORMAT", "VERSION", "MAX_SDE_STEPS",
+]
+
+
+@pytest.mark.parametrize("name", CHECKPOINT_NAMES)
+def test_the_checkpoint_module_keeps_its_public_names(name):
+    assert name in ckpt.__all__ and getattr(ckpt, name) is not None
+
+
+def test_train_errors_are_importable_from_scoregen():
+    import scoregen
+    import scoregen.train as train
+
+    for name in ("ExistingRunError", "OutDirInUseError", "NonFiniteWeightsError",
+                 "CheckpointBoundsError"):
+        assert getattr(scoregen, name) is getattr(train, name) and name in scoregen.__all__
+    assert issubclass(scoregen.CheckpointBoundsError, scoregen.CheckpointError)
+    assert issubclass(scoregen.NonFiniteWeightsError, scoregen.NonFiniteLossError)

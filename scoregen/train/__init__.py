@@ -3,12 +3,18 @@
 Imports only the core (:mod:`scoregen.model`, :mod:`scoregen.losses`, :mod:`scoregen.sde`)
 and never the application (:mod:`scoregen.segmentation`). Its parts:
 
-* :mod:`~scoregen.train.trainer` — :class:`Trainer`: one step, the ``fit`` loop, resume;
+* :mod:`~scoregen.train.trainer` — :class:`Trainer`: one step and the ``fit`` loop;
+* :mod:`~scoregen.train.step` — the arithmetic of a step (per-rank draw, gradient norm);
+* :mod:`~scoregen.train.nonfinite` — the non-finite policy: skips, weight checks, errors;
+* :mod:`~scoregen.train.resume` — a trainer's state in a checkpoint; resuming from one;
 * :mod:`~scoregen.train.config` — :class:`TrainConfig` (what defines the run, compared on
   resume) and :class:`HostOptions` (how this host runs it, never compared);
 * :mod:`~scoregen.train.batches` — the batch contract and the resumable data loader;
-* :mod:`~scoregen.train.metrics_log` — ``metrics.jsonl`` and the windowed loss;
-* :mod:`~scoregen.train.checkpoint` — atomic, pickle-free checkpoint files;
+* :mod:`~scoregen.train.metrics_log` — ``metrics.jsonl``, the windowed loss, the bar;
+* :mod:`~scoregen.train.checkpoint` — what a checkpoint holds, save / load / load_model
+  (and the public path of the whole checkpoint API);
+* :mod:`~scoregen.train.checkpoint_file` — the file: header, CRC-32, bounds, atomic write;
+* :mod:`~scoregen.train.rng_state` — RNG states as tensors (capture, restore);
 * :mod:`~scoregen.train.checkpoint_dir` — the run's folder of step checkpoints (pruning);
 * :mod:`~scoregen.train.run_dir` — run identity, the out_dir lock, moving a run aside;
 * :mod:`~scoregen.train.ema` — the exponential moving average of the weights;

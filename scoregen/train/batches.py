@@ -15,11 +15,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from scoregen.train import distributed as dist_utils
 
-__all__ = ["Batch", "default_batch_fn", "make_loader", "epoch_batches", "stable_seed"]
+__all__ = ["Batch", "default_batch_fn", "make_loader", "loader_for", "epoch_batches",
+           "stable_seed"]
 
 Batch = tuple[Tensor, "Tensor | None"]
 
@@ -61,6 +62,17 @@ def make_loader(
                          f"batch of {batch_size}")
     return DataLoader(dataset, batch_size=local, sampler=sampler, drop_last=True,
                       num_workers=num_workers, generator=generator, pin_memory=pin_memory)
+
+
+def loader_for(data: Any, **loader_args: Any) -> tuple[Any, DataLoader | None]:
+    """``(data, loader)``: a tensor or map-style ``Dataset`` gets a resumable loader
+    (:func:`make_loader` with ``loader_args``); any other re-iterable of batches is used
+    as given (loader None)."""
+    if torch.is_tensor(data):
+        data = TensorDataset(data)
+    if not isinstance(data, Dataset) or isinstance(data, IterableDataset):
+        return data, None
+    return data, make_loader(data, **loader_args)
 
 
 def epoch_batches(

@@ -1,48 +1,40 @@
-"""Atomic, safe checkpoints: one safetensors file, tensors plus JSON metadata.
+"""Training checkpoints: what one holds, writing it, loading it, rebuilding a model.
 
-A checkpoint is a single ``.safetensors`` file. Its tensors are
+A checkpoint is a single ``.safetensors`` file (the file itself — header, CRC-32
+checksums, bounds, atomic write — is :mod:`~scoregen.train.checkpoint_file`). Its tensors
+are
 
     model.<name>          the trained weights (``ScoreModel.state_dict()``)
     ema.<name>            the EMA weights
     optim.<...>           every tensor of the optimizer's state dict (moments, step counts)
-    rng.<rank>.<kind>     RNG states of each rank: torch CPU, CUDA, numpy, python
+    scaler.<...>          the GradScaler's tensors (fp16 only)
+    rng.<rank>.<kind>     RNG states of each rank (:mod:`~scoregen.train.rng_state`)
 
 and its metadata holds one JSON document: the step and the trainer's position (epoch,
 batch within the epoch), the train config, the net's config dict, ``sde.to_dict()``, the
-prediction type, the non-tensor parts of the optimizer and GradScaler states and the
-EMA's update count. Nothing is pickled: loading parses a JSON header and raw tensor
-bytes (safetensors), so a checkpoint from an untrusted source cannot run code.
+prediction type, the run's identity and ``run_info``, the non-tensor parts of the
+optimizer and GradScaler states and the EMA's update count.
 
-Integrity: the header holds a CRC-32 of every tensor's bytes and of the metadata
-(``crc32``); :func:`read_checkpoint` recomputes them and raises
-:class:`CheckpointError` naming the file and the tensor on a mismatch (a flipped byte).
-Before anything is built from the metadata its sizes are bounded (:func:`check_bounds`:
-the SDE's ``num_steps``), and :func:`load_model` counts the parameters the saved
-``model_config`` asks for on the ``meta`` device (no memory) and refuses a config that
-needs more than the file holds, so a crafted header cannot make loading allocate
-gigabytes. Files written before checksums existed load without the check.
+:func:`save_checkpoint` writes one; :func:`load_checkpoint` reads it into a
+:class:`Checkpoint` (typed accessors, :meth:`Checkpoint.check_compatible`);
+:func:`load_model` rebuilds a ``ScoreModel`` for inference, after counting the
+parameters the saved ``model_config`` asks for on the ``meta`` device (no memory) and
+refusing a config that needs more than the file holds.
 
-Writes are atomic: the file is written under a temporary name in the same folder,
-``fsync``-ed, renamed over the final name with ``os.replace`` and the folder is
-``fsync``-ed, so a process killed at any moment leaves either the old set of
-checkpoints or the new one, never a half-written file under a checkpoint name.
+This module is also the public path of the checkpoint API: the file functions, the RNG
+helpers and the folder helpers (:mod:`~scoregen.train.checkpoint_dir`) are re-exported.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
-import warnings
-import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
@@ -55,7 +47,21 @@ from scoregen.train.checkpoint_dir import (  # the file names, re-exported
     prune_checkpoints,
     remove_partial_checkpoints,
 )
+from scoregen.train.checkpoint_file import (  # the file, re-exported
+    FORMAT,
+    MAX_SDE_STEPS,
+    VERSION,
+    CheckpointBoundsError,
+    CheckpointError,
+    check_bounds,
+    read_checkpoint,
+    read_meta,
+    run_id_of,
+    write_atomic,
+)
 from scoregen.train.ema import EMA
+from scoregen.train.nonfinite import nonfinite_tensors  # re-exported
+from scoregen.train.rng_state import capture_rng, restore_rng  # re-exported
 
 __all__ = [
     "Checkpoint",
@@ -81,201 +87,24 @@ __all__ = [
     "nonfinite_tensors",
 ]
 
-FORMAT = "scoregen-checkpoint"
-VERSION = 1
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable, or not a scoregen checkpoint."""
+__all__ += ["FORMAT", "VERSION", "MAX_SDE_STEPS"]
 
 
 class CheckpointMismatchError(CheckpointError):
     """A checkpoint was saved for a model of another configuration or shape."""
 
 
-class CheckpointBoundsError(CheckpointError, ValueError):
-    """A checkpoint's metadata asks for sizes beyond any real run (refused before
-    allocating)."""
-
-
-MAX_SDE_STEPS = 1_000_000  # DDPM uses 1000; tables of this length are a few MB
-
-
-# ---------------------------------------------------------------------------- raw file IO
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # platforms without directory handles (Windows)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _owned(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """CPU, contiguous tensors that share no storage (safetensors refuses shared storage)."""
-    out: dict[str, Tensor] = {}
-    seen: set[int] = set()
-    for name, t in tensors.items():
-        if not torch.is_tensor(t):
-            raise TypeError(f"checkpoint entry {name!r} is a {type(t).__name__}, not a tensor")
-        t = t.detach().cpu()
-        whole = t.untyped_storage().nbytes() == t.numel() * t.element_size()
-        ptr = t.untyped_storage().data_ptr()
-        if not t.is_contiguous() or not whole or (t.numel() and ptr in seen):
-            t = t.clone(memory_format=torch.contiguous_format)
-            ptr = t.untyped_storage().data_ptr()
-        if t.numel():
-            seen.add(ptr)
-        out[name] = t
-    return out
-
-
 def write_checkpoint(
     path: str | os.PathLike, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]
 ) -> Path:
-    """Atomically write ``tensors`` and the JSON document ``meta`` to ``path``.
+    """Atomically write ``tensors`` and the JSON document ``meta`` to ``path``
+    (:func:`~scoregen.train.checkpoint_file.write_atomic`).
 
-    The data goes to ``.<name>.<pid>.tmp`` in the same folder, is flushed to disk, then
-    renamed over ``path``; the folder entry is flushed too. A reader never sees a
-    partial file under ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    owned = _owned(tensors)
-    meta_text = json.dumps(meta)
-    crcs = {name: _crc(t) for name, t in owned.items()}
-    crcs[_META_CRC] = f"{zlib.crc32(meta_text.encode()):08x}"
-    header = {"format": FORMAT, "version": str(VERSION), "meta": meta_text,
-              "crc32": json.dumps(crcs)}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file(owned, str(tmp), metadata=header)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-_META_CRC = "__meta__"
-
-
-def _crc(t: Tensor) -> str:
-    """CRC-32 of a CPU tensor's bytes, 8 hex digits."""
-    data = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
-    return f"{zlib.crc32(data):08x}"
-
-
-def _header(f: Any, path: Path) -> tuple[dict[str, Any], dict[str, str] | None]:
-    """``(meta, crcs)`` from an open safetensors file, the metadata's CRC verified."""
-    header = f.metadata() or {}
-    if header.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{path} is a safetensors file but not a scoregen checkpoint "
-            f"(metadata format={header.get('format')!r}, expected {FORMAT!r})"
-        )
-    version = int(header.get("version", "0"))
-    if version > VERSION:
-        raise CheckpointError(
-            f"{path} has checkpoint format version {version}; this scoregen reads "
-            f"up to {VERSION}: upgrade scoregen"
-        )
-    crcs = json.loads(header["crc32"]) if "crc32" in header else None
-    text = header["meta"]
-    if crcs is not None and f"{zlib.crc32(text.encode()):08x}" != crcs.get(_META_CRC):
-        raise CheckpointError(f"checkpoint {path} is corrupt: its metadata does not match "
-                              "its checksum")
-    return json.loads(text), crcs
-
-
-def _meta_error(path: Path, e: Exception) -> CheckpointError:
-    return CheckpointError(
-        f"cannot read checkpoint {path}: truncated, corrupt or not a safetensors file "
-        f"({type(e).__name__}: {e})")
-
-
-def read_meta(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON metadata of a checkpoint, reading only its header (cheap: used to ask a
-    file which run wrote it)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return _header(f, path)[0]
-    except CheckpointError:
-        raise
-    except Exception as e:
-        raise _meta_error(path, e) from e
-
-
-def run_id_of(meta: Mapping[str, Any]) -> str | None:
-    """The run id in a checkpoint's metadata, None when it has none."""
-    run = meta.get("run")
-    rid = run.get("id") if isinstance(run, Mapping) else None
-    return rid if isinstance(rid, str) and rid else None
-
-
-def check_bounds(meta: Mapping[str, Any], path: Any = "") -> None:
-    """Raise :class:`CheckpointBoundsError` when the metadata asks for sizes no real run
-    has, before anything is built from it (``sde.num_steps``: DDPM tables)."""
-    sde = meta.get("sde")
-    n = sde.get("num_steps") if isinstance(sde, Mapping) else None
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int)
-                          or not 1 <= n <= MAX_SDE_STEPS):
-        raise CheckpointBoundsError(
-            f"checkpoint {path}: sde.num_steps must be an int in [1, {MAX_SDE_STEPS}], got "
-            f"{n!r}; refused before allocating its tables (a corrupt or crafted header?)")
-
-
-def nonfinite_tensors(tensors: Mapping[str, Tensor]) -> list[str]:
-    """Names of the floating-point tensors holding a NaN or an infinity."""
-    return [k for k, v in tensors.items()
-            if v.is_floating_point() and v.numel() and not bool(v.isfinite().all())]
-
-
-def read_checkpoint(
-    path: str | os.PathLike,
-    *,
-    prefixes: Iterable[str] | None = None,
-    device: torch.device | str = "cpu",
-) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """``(tensors, meta)`` of a checkpoint; only tensors whose names start with ``prefixes``.
-
-    Raises ``FileNotFoundError`` for a missing file and :class:`CheckpointError` for a
-    truncated, corrupt or foreign file. Nothing is unpickled.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    pre = tuple(prefixes) if prefixes is not None else None
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta, crcs = _header(f, path)
-            check_bounds(meta, path)
-            keys = [k for k in f.keys() if pre is None or k.startswith(pre)]
-            tensors = {k: f.get_tensor(k) for k in keys}
-    except CheckpointError:
-        raise
-    except Exception as e:  # safetensors raises its own error types for bad headers / sizes
-        raise _meta_error(path, e) from e
-    if crcs is not None:
-        bad = [k for k, t in tensors.items() if crcs.get(k) != _crc(t)]
-        if bad:
-            more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
-            raise CheckpointError(
-                f"checkpoint {path} is corrupt: the data of {', '.join(bad[:5])}{more} does "
-                "not match its checksum (a damaged file; resume from an earlier checkpoint)")
-    if torch.device(device).type != "cpu":
-        tensors = {k: v.to(device) for k, v in tensors.items()}
-    return tensors, meta
+    The safetensors writer is looked up here, at each call: ``scoregen.train.checkpoint
+    .save_file`` is the one place to intercept a write (the SIGKILL tests stall it
+    half-way through a file)."""
+    return write_atomic(path, tensors, meta, save_file)
 
 
 # ---------------------------------------------------------------------------- nested state codec
@@ -314,50 +143,6 @@ def _decode(obj: Any, tensors: Mapping[str, Tensor]) -> Any:
     if isinstance(obj, list):
         return [_decode(v, tensors) for v in obj]
     return obj
-
-
-# ---------------------------------------------------------------------------- RNG states
-def capture_rng() -> dict[str, Tensor]:
-    """This process's global RNG states as tensors: torch CPU, CUDA (current device),
-    numpy's legacy global ``RandomState`` and python's ``random``."""
-    out = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        out["cuda"] = torch.cuda.get_rng_state()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    if kind != "MT19937":
-        raise RuntimeError(f"unsupported numpy RNG state {kind!r}")
-    out["numpy"] = torch.from_numpy(
-        np.concatenate([keys.astype(np.int64), np.array([pos, has_gauss], dtype=np.int64)])
-    )
-    out["numpy_gauss"] = torch.tensor([cached], dtype=torch.float64)
-    version, internal, gauss_next = random.getstate()
-    out["python"] = torch.tensor([version, *internal], dtype=torch.int64)
-    out["python_gauss"] = torch.tensor(
-        [0.0 if gauss_next is None else gauss_next, float(gauss_next is None)],
-        dtype=torch.float64,
-    )
-    return out
-
-
-def restore_rng(state: Mapping[str, Tensor]) -> None:
-    """Inverse of :func:`capture_rng`; a CUDA state is skipped (with a warning) without CUDA."""
-    torch.set_rng_state(state["torch"].to(torch.uint8).cpu())
-    if "cuda" in state:
-        if torch.cuda.is_available():
-            torch.cuda.set_rng_state(state["cuda"].to(torch.uint8).cpu())
-        else:
-            warnings.warn("checkpoint holds a CUDA RNG state but CUDA is unavailable; "
-                          "skipped", stacklevel=2)
-    if "numpy" in state:
-        a = state["numpy"].cpu().numpy()
-        np.random.set_state(
-            ("MT19937", a[:624].astype(np.uint32), int(a[624]), int(a[625]),
-             float(state["numpy_gauss"][0]))
-        )
-    if "python" in state:
-        p = state["python"].tolist()
-        g, is_none = state["python_gauss"].tolist()
-        random.setstate((int(p[0]), tuple(int(v) for v in p[1:]), None if is_none else g))
 
 
 # ---------------------------------------------------------------------------- high level

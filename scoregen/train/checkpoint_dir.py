@@ -50,12 +50,7 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
 
 def prune_checkpoints(directory: str | os.PathLike, keep_last: int) -> list[Path]:
     """Delete all but the ``keep_last`` newest checkpoints; return the deleted paths."""
-    if keep_last < 1:
-        raise ValueError(f"keep_last must be >= 1, got {keep_last}")
-    old = list_checkpoints(directory)[:-keep_last]
-    for p in old:
-        p.unlink(missing_ok=True)
-    return old
+    return CheckpointDir(directory).prune(keep_last)
 
 
 def remove_partial_checkpoints(directory: str | os.PathLike) -> list[Path]:

@@ -21,6 +21,7 @@ such a dict and ignore the other group's; a field of neither raises.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,7 +29,8 @@ from typing import Any
 
 from scoregen.losses import WEIGHTINGS
 
-__all__ = ["TrainConfig", "HostOptions", "PRECISIONS", "LR_SCHEDULES"]
+__all__ = ["TrainConfig", "HostOptions", "PRECISIONS", "LR_SCHEDULES", "plain_model_config",
+           "plain_run_info"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine")
@@ -201,3 +203,22 @@ class HostOptions:
     def from_dict(cls, d: Mapping[str, Any]) -> HostOptions:
         """Read a ``to_dict()``; run fields (a config saved before the split) are ignored."""
         return _from_dict(cls, TrainConfig, d)
+
+
+def plain_model_config(model_config: Mapping[str, Any] | Any | None) -> dict[str, Any] | None:
+    """The net's configuration as a plain JSON dict (a copy), from a dict, a dataclass or
+    an object with ``to_dict()`` such as ``UNetConfig``; None stays None."""
+    if callable(getattr(model_config, "to_dict", None)):  # e.g. UNetConfig
+        model_config = model_config.to_dict()
+    elif dataclasses.is_dataclass(model_config) and not isinstance(model_config, type):
+        model_config = dataclasses.asdict(model_config)
+    if model_config is None:
+        return None
+    return json.loads(json.dumps(dict(model_config)))
+
+
+def plain_run_info(run_info: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What the run is about, as a plain JSON dict (a copy; None: empty)."""
+    if run_info is not None and not isinstance(run_info, Mapping):
+        raise TypeError(f"run_info must be a mapping (JSON), got {type(run_info).__name__}")
+    return json.loads(json.dumps(dict(run_info or {})))

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
     "all_gather_tensors",
     "gather_rng_states",
     "broadcast_object",
+    "on_main",
+    "wrap_net",
     "ResumableDistributedSampler",
 ]
 
@@ -143,3 +146,30 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def on_main(fn: Callable[[], Any]) -> None:
+    """Run ``fn`` on rank 0; an error it raises is raised on every rank, so no rank waits
+    in a collective for one that gave up. Call on every rank."""
+    error: BaseException | None = None
+    if get_rank() == 0:
+        try:
+            fn()
+        except Exception as e:
+            error = e
+    if is_distributed():
+        error = broadcast_object(error)
+    if error is not None:
+        raise error
+
+
+def wrap_net(net: nn.Module, device: torch.device, *, find_unused_parameters: bool = False,
+             compile: bool = False) -> Any:
+    """``net`` in ``DistributedDataParallel`` when running distributed (which broadcasts
+    rank 0's weights: every rank starts identical), then ``torch.compile``-d when asked.
+    The result shares every parameter with ``net``."""
+    if is_distributed():
+        net = DistributedDataParallel(
+            net, device_ids=[device] if device.type == "cuda" else None,
+            find_unused_parameters=find_unused_parameters)
+    return torch.compile(net) if compile else net

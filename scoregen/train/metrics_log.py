@@ -1,6 +1,7 @@
 """The run's log: ``metrics.jsonl`` (one JSON object a line) and the windowed loss meter.
 
-Lines are appended by rank 0 only. Two kinds: a training line every ``log_every`` steps
+Lines are appended by rank 0 only; :class:`Progress` is the tqdm bar and the loss window
+of one ``fit`` call. Two kinds: a training line every ``log_every`` steps
 ``{"step", "epoch", "loss", "lr", "grad_norm", "skipped", "it_per_s"}`` (``loss`` is the
 mean of the finite losses of the window) and event lines with an ``"event"`` key
 (``"epoch_end"`` with what the epoch hook returned, ``"nonfinite"``). Plotting is the
@@ -23,11 +24,13 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricsLog", "LossWindow", "loss_curve", "strict_json"]
+from tqdm.auto import tqdm
+
+__all__ = ["MetricsLog", "LossWindow", "Progress", "loss_curve", "strict_json"]
 
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
@@ -131,6 +134,40 @@ class LossWindow:
         rate = self._steps / max(now - self._t0, 1e-9)
         self._losses, self._steps, self._t0 = [], 0, now
         return mean, rate
+
+
+class Progress:
+    """The tqdm bar (when shown) and the :class:`LossWindow` of one ``fit`` call."""
+
+    def __init__(self, log_every: int) -> None:
+        self.log_every = log_every
+        self.window = LossWindow()
+        self.bar: Any = None
+
+    @contextlib.contextmanager
+    def running(self, *, total: int | None, initial: int, show: bool) -> Iterator[None]:
+        """A bar from ``initial`` to ``total`` steps (``show``: rank 0 asked for one)."""
+        if show:
+            self.bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
+        self.window.reset()
+        try:
+            yield
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    def step(self, step: int, loss: float) -> tuple[float, float] | None:
+        """Count ``step``; every ``log_every``-th step returns ``(mean loss, steps per
+        second)`` of the window (then started anew), else None."""
+        self.window.add(loss)
+        if self.bar is not None:
+            self.bar.update(1)
+        return None if step % self.log_every else self.window.flush()
+
+    def show(self, loss: float, skipped: int) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4g}", skipped=skipped)
 
 
 def loss_curve(records: list[Mapping[str, Any]]) -> tuple[list[int], list[float]]:

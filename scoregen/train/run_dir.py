@@ -19,6 +19,9 @@ run's checkpoints (:class:`ExistingRunError`) unless told to resume it or to mov
 aside (:func:`move_run_aside`: ``checkpoints/``, ``metrics.jsonl`` go to
 ``out_dir/previous-<run id>/``).
 
+**Holding the folder** (:class:`FolderHold`): ``fit``, ``save`` and ``resume`` run inside
+one hold, which takes the lock on rank 0 and claims the folder for the run once.
+
 **The lock.** :class:`RunLock` holds an advisory ``fcntl.flock`` on ``out_dir/.lock``
 while a trainer writes into the folder; a second trainer (another process, or another
 ``Trainer`` object in this one) gets :class:`OutDirInUseError`. The lock belongs to the
@@ -36,23 +39,31 @@ import json
 import os
 import re
 import socket
-from collections.abc import Iterator, Mapping
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from scoregen.train.checkpoint import CheckpointError, read_meta, run_id_of
 from scoregen.train.checkpoint_dir import CheckpointDir
+from scoregen.train.checkpoint_file import CheckpointError, read_meta, run_id_of
+from scoregen.train.distributed import broadcast_object, on_main
 from scoregen.train.metrics_log import MetricsLog
 
 __all__ = [
     "RunFolder",
     "RunLock",
+    "FolderHold",
     "OutDirInUseError",
     "ExistingRunError",
     "ON_EXISTING",
     "config_hash",
     "new_run_id",
+    "new_identity",
+    "started_iso",
     "move_run_aside",
+    "warn_caller",
 ]
 
 ON_EXISTING = ("refuse", "resume", "overwrite")
@@ -84,6 +95,31 @@ def new_run_id(digest: str, started: float) -> str:
     """``<UTC start time>-<first 8 of digest>-<4 random hex>``."""
     stamp = datetime.datetime.fromtimestamp(started, datetime.timezone.utc)
     return f"{stamp:%Y%m%dT%H%M%SZ}-{digest[:8]}-{os.urandom(2).hex()}"
+
+
+def new_identity(parts: Mapping[str, Any]) -> tuple[str, str, str]:
+    """``(config hash of parts, run id, start time)`` of a run starting now; the run id
+    is rank 0's on every rank (call on every rank)."""
+    digest = config_hash(parts)
+    started = time.time()
+    return digest, broadcast_object(new_run_id(digest, started)), started_iso(started)
+
+
+def started_iso(started: float) -> str:
+    """A start time (``time.time()``) as ISO 8601 UTC, to the second."""
+    return datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(
+        timespec="seconds")
+
+
+def warn_caller(message: str) -> None:
+    """``warnings.warn`` attributed to the first frame outside this package and
+    contextlib (the user's ``fit`` / ``resume`` call, however deep the path)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and (os.path.dirname(os.path.abspath(frame.f_code.co_filename))
+                                 == here or frame.f_code.co_filename == contextlib.__file__):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, stacklevel=level + 1)
 
 
 class RunLock:
@@ -123,8 +159,8 @@ class RunLock:
                 ) from None
         f.seek(0)
         f.truncate()
-        since = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        f.write(f"pid {os.getpid()} on {socket.gethostname()}, run {run_id}, since {since}\n")
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, run {run_id}, "
+                f"since {started_iso(time.time())}\n")
         f.flush()
         self._file, self._depth = f, 1
 
@@ -145,6 +181,45 @@ class RunLock:
             yield
         finally:
             self.release()
+
+
+class FolderHold:
+    """The out_dir held by one trainer, on every rank: ``with hold(run_id): ...`` takes
+    ``lock`` on rank 0 and, with ``claim=True``, runs ``claim()`` there the first time
+    (the folder must be this run's). Nested blocks (a ``save`` inside ``fit``) neither
+    lock again nor synchronise the ranks. A refusal on rank 0
+    (:class:`OutDirInUseError`, :class:`ExistingRunError`) is raised on every rank."""
+
+    def __init__(self, lock: RunLock, claim: Callable[[], None]) -> None:
+        self.lock = lock
+        self._claim = claim
+        self.depth = 0  # nesting of blocks (the same on every rank)
+        self.claimed = False
+
+    def claim_now(self) -> None:
+        """Claim the folder (rank 0, under the lock) and remember it."""
+        on_main(self._claim)
+        self.claimed = True
+
+    @contextlib.contextmanager
+    def __call__(self, run_id: str, claim: bool = True) -> Iterator[None]:
+        if self.depth:  # inside another block: held and claimed already
+            self.depth += 1
+            try:
+                yield
+            finally:
+                self.depth -= 1
+            return
+        on_main(lambda: self.lock.acquire(run_id))
+        self.depth = 1
+        try:
+            if claim and not self.claimed:
+                self.claim_now()
+            yield
+        finally:
+            self.depth -= 1
+            if self.depth == 0:
+                self.lock.release()  # a no-op on the ranks that never took it
 
 
 def move_run_aside(out_dir: Path, run_id: str | None, names: tuple[str, ...]) -> Path:
@@ -224,14 +299,25 @@ class RunFolder:
         later ones are suspect; other runs' files and unreadable ones are never deleted."""
         return self.checkpoints.prune(keep_last, owned=self.owns, suspect=self.is_suspect)
 
-    def claim(self, *, fresh: bool, overwrite: bool) -> tuple[Path, str] | None:
+    def claim(self, *, fresh: bool, overwrite: bool,
+              start_row: Mapping[str, Any] | None = None) -> tuple[Path, str] | None:
         """Make sure the folder holds no other run's checkpoints (call with the lock held).
 
         Raises :class:`ExistingRunError` when it does, unless ``fresh`` and ``overwrite``:
-        then they and ``metrics.jsonl`` are moved aside. A fresh run also moves aside a
-        ``metrics.jsonl`` left without any checkpoint (a run killed before its first one).
+        then they and ``metrics.jsonl`` are moved aside, with a warning. A fresh run also
+        moves aside a ``metrics.jsonl`` left without any checkpoint (a run killed before
+        its first one) and starts its own with ``start_row`` (the ``"run_start"`` row).
         Returns ``(the folder things were moved to, what was moved)``, or None.
         """
+        moved = self._make_room(fresh=fresh, overwrite=overwrite)
+        if moved is not None:
+            warn_caller(f"moved {moved[1]} of the previous run in {self.out_dir} to {moved[0]}")
+        if fresh and start_row is not None:
+            self.metrics.rows = 0
+            self.metrics.append(start_row)
+        return moved
+
+    def _make_room(self, *, fresh: bool, overwrite: bool) -> tuple[Path, str] | None:
         self.checkpoints.remove_partial()
         others: dict[str, str | None] = {}  # another run's checkpoint -> its run id
         for p in self.checkpoints.list():

@@ -1,44 +1,21 @@
 """``Trainer``: denoising score matching with AdamW, EMA, AMP, compile, DDP, checkpoints.
 
-One optimisation step (:meth:`Trainer.step`) on a local batch ``x0: (B, *D)``:
+One optimisation step (:meth:`Trainer.step`) on a local batch ``x0: (B, *D)``: the
+learning rate of the step (warm-up, then constant or cosine); ``t``, ``eps`` and the
+guidance dropout drawn for the global batch (:mod:`~scoregen.train.step`: the same run
+for any number of processes); :func:`scoregen.dsm_loss` under autocast; backward (DDP
+averages gradients), unscale, clipping; the AdamW and EMA update — or none at all when
+the loss or the gradient norm is not finite, and a check of the weights every
+``check_finite_every`` steps (:mod:`~scoregen.train.nonfinite`).
 
-1. the learning rate of this step: linear warm-up, then constant or cosine;
-2. ``t``, ``eps`` and the classifier-free-guidance dropout mask are drawn for the
-   *global* batch by :func:`scoregen.losses.draw_training_batch` (the draw ``dsm_loss``
-   uses) from a generator seeded by ``(seed, step)``; each rank keeps its rows
-   (``[rank::world_size]``, the rows ``DistributedSampler`` gives it). The run is thus
-   the same for any number of processes with the same global batch, and resuming
-   needs no generator state;
-3. :func:`scoregen.dsm_loss` under the autocast context chosen once in ``__init__``
-   (fp32: none; bf16: ``torch.autocast``; fp16: autocast + ``GradScaler``);
-4. backward (DDP averages gradients across ranks), unscale, gradient-norm clipping;
-5. if the loss (averaged over ranks) or the gradient norm is not finite the update is
-   skipped — no optimizer or EMA change — and counted; ``HostOptions.max_nonfinite``
-   skips in a row stop training with :class:`NonFiniteLossError` naming the step;
-6. AdamW update, then the EMA update (:class:`scoregen.EMA`);
-7. every ``HostOptions.check_finite_every`` steps, after every skipped step and always
-   before a save, the weights and the EMA are checked to be finite (one float64 sum per
-   tensor, a single host sync; measured on one CPU thread: 0.1 ms on the tests' tiny MLP,
-   ~6 % of its 1.7 ms step, and 6 ms on the ``"tiny"`` U-Net preset, ~10 % of its 62 ms
-   step, hence every 50 steps by default: under 0.2 %); a non-finite value raises
-   :class:`NonFiniteWeightsError` and nothing of it is saved.
-
-Trust in the folder (:mod:`~scoregen.train.run_dir`): every run has a run id, written
-into its checkpoints and ``metrics.jsonl``; a fresh run refuses an ``out_dir`` holding
-another run's checkpoints (``on_existing``: ``"refuse"``, ``"resume"`` or
-``"overwrite"``, which moves the old run aside); pruning deletes only the run's own
-checkpoints and never the last one written before the run's first skipped step while
-later ones are kept ("suspect": a diverging run skips steps while its weights grow huge
-yet finite); ``fit``, ``save`` and ``resume`` hold an advisory lock on the
-folder, so a second trainer there fails with :class:`OutDirInUseError`.
-
-:meth:`Trainer.fit` feeds batches (:mod:`~scoregen.train.batches`), logs (tqdm bar,
-``metrics.jsonl``: :mod:`~scoregen.train.metrics_log`), calls per-epoch hooks and writes
-atomic checkpoints (:mod:`~scoregen.train.checkpoint`) into a
-:class:`~scoregen.train.checkpoint_dir.CheckpointDir`; :meth:`Trainer.resume` continues
-a run exactly where its last checkpoint left it, including the position inside the
-epoch. The trainer draws no figures: plot ``metrics.jsonl`` from the caller or a hook
-(:func:`~scoregen.train.metrics_log.loss_curve`).
+:meth:`Trainer.fit` is the loop: batches (:mod:`~scoregen.train.batches`), the log
+(:mod:`~scoregen.train.metrics_log`), per-epoch hooks and checkpoints
+(:mod:`~scoregen.train.checkpoint`). :meth:`Trainer.resume`
+(:mod:`~scoregen.train.resume`) continues a run exactly where its last good checkpoint
+left it, inside the epoch too. The run owns its ``out_dir``
+(:mod:`~scoregen.train.run_dir`): a run id in its checkpoints and log, a fresh run
+refuses another run's folder (``on_existing``), pruning deletes only its own files and
+an advisory lock keeps a second trainer out. The trainer draws no figures.
 
 What defines the run is a :class:`~scoregen.train.config.TrainConfig` (compared on
 resume); how this host runs it is a :class:`~scoregen.train.config.HostOptions` (never
@@ -48,9 +25,6 @@ compared).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import datetime
-import json
 import math
 import os
 import time
@@ -60,68 +34,28 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset
 
-from scoregen.losses import draw_training_batch, drop_condition, dsm_loss
+from scoregen.losses import dsm_loss
 from scoregen.model import ScoreModel
 from scoregen.train import checkpoint as ckpt
 from scoregen.train import distributed as dist_utils
-from scoregen.train.batches import (
-    Batch,
-    default_batch_fn,
-    epoch_batches,
-    make_loader,
-    stable_seed,
-)
+from scoregen.train import nonfinite, run_dir
+from scoregen.train.batches import Batch, default_batch_fn, epoch_batches, loader_for
 from scoregen.train.checkpoint_dir import CheckpointDir
-from scoregen.train.config import HostOptions, TrainConfig
+from scoregen.train.config import HostOptions, TrainConfig, plain_model_config, plain_run_info
 from scoregen.train.ema import EMA
-from scoregen.train.metrics_log import LossWindow, MetricsLog
-from scoregen.train.run_dir import (
-    ON_EXISTING,
-    ExistingRunError,
-    OutDirInUseError,
-    RunFolder,
-    RunLock,
-    config_hash,
-    new_run_id,
-)
+from scoregen.train.metrics_log import MetricsLog, Progress
+from scoregen.train.nonfinite import NonFiniteLossError, NonFiniteWeightsError
+from scoregen.train.resume import resume_run, save_trainer
+from scoregen.train.run_dir import ExistingRunError, OutDirInUseError
+from scoregen.train.step import autocast_for, draw_rows, grad_norm, host_values, to_device
 
 __all__ = ["Trainer", "NonFiniteLossError", "NonFiniteWeightsError", "ExistingRunError",
            "OutDirInUseError"]
 
 _END = object()
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced too many non-finite losses or gradients in a row."""
-
-
-class NonFiniteWeightsError(NonFiniteLossError):
-    """The weights or the EMA stopped being finite: the run diverged (nothing saved)."""
-
-
-def _iso(t: float) -> str:
-    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat(
-        timespec="seconds")
-
-
-
-def _warn_caller(message: str) -> None:
-    """``warnings.warn`` attributed to the first frame outside this package and
-    contextlib (the user's ``fit`` / ``resume`` call, however deep the path)."""
-    import sys
-
-    here = os.path.dirname(os.path.abspath(__file__))
-    level, frame = 1, sys._getframe(1)
-    while frame is not None and (os.path.dirname(os.path.abspath(frame.f_code.co_filename))
-                                 == here or frame.f_code.co_filename == contextlib.__file__):
-        level, frame = level + 1, frame.f_back
-    warnings.warn(message, stacklevel=level + 1)
 
 
 class Trainer:
@@ -175,29 +109,20 @@ class Trainer:
         host = HostOptions() if host is None else host
         if not isinstance(host, HostOptions):
             raise TypeError(f"host must be a HostOptions, got {type(host).__name__}")
-        if on_existing not in ON_EXISTING:
-            raise ValueError(f"on_existing must be one of {ON_EXISTING}, got {on_existing!r}")
+        if on_existing not in run_dir.ON_EXISTING:
+            raise ValueError(f"on_existing must be one of {run_dir.ON_EXISTING}, "
+                             f"got {on_existing!r}")
         if not isinstance(model.net, torch.nn.Module) or not any(True for _ in model.parameters()):
             raise ValueError("the model's net must be an nn.Module with parameters to train")
-        if callable(getattr(model_config, "to_dict", None)):  # e.g. UNetConfig
-            model_config = model_config.to_dict()
-        elif dataclasses.is_dataclass(model_config) and not isinstance(model_config, type):
-            model_config = dataclasses.asdict(model_config)
-        if model_config is not None:
-            model_config = json.loads(json.dumps(dict(model_config)))  # JSON-able, plain copy
-        self.config = config
-        self.host = host
-        self.model_config: dict[str, Any] | None = model_config
-        if run_info is not None and not isinstance(run_info, Mapping):
-            raise TypeError(f"run_info must be a mapping (JSON), got {type(run_info).__name__}")
-        self.run_info: dict[str, Any] = json.loads(json.dumps(dict(run_info or {})))
+        self.config, self.host = config, host
+        self.model_config = plain_model_config(model_config)
+        self.run_info = plain_run_info(run_info)
         self.out_dir = Path(out_dir)
         self.checkpoints = CheckpointDir(self.out_dir / "checkpoints")
 
         want = torch.device(device) if device is not None else model.device
         self.distributed = dist_utils.init_distributed(want)
-        self.rank = dist_utils.get_rank()
-        self.world_size = dist_utils.get_world_size()
+        self.rank, self.world_size = dist_utils.get_rank(), dist_utils.get_world_size()
         self.is_main = self.rank == 0
         self.metrics = MetricsLog(self.out_dir / "metrics.jsonl", enabled=self.is_main)
         self.device = dist_utils.local_device(want)
@@ -209,56 +134,36 @@ class Trainer:
         if host.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model
-        net: Any = model.net
-        if self.distributed:  # broadcasts rank 0's weights: every rank starts identical
-            net = DistributedDataParallel(
-                net,
-                device_ids=[self.device] if self.device.type == "cuda" else None,
-                find_unused_parameters=host.find_unused_parameters,
-            )
-        if host.compile:
-            net = torch.compile(net)
+        net = dist_utils.wrap_net(model.net, self.device, compile=host.compile,
+                                  find_unused_parameters=host.find_unused_parameters)
         # Shares every parameter with `model`; only the net call goes through DDP / compile.
         self._train_model = ScoreModel(net, model.sde, model.prediction)
         self.ema = EMA(model, config.ema_decay, warmup=config.ema_warmup)
-        self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=config.lr, betas=config.betas,
-            weight_decay=config.weight_decay,
-        )
-        self.autocast = self._autocast_context()  # chosen once, entered every step
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas,
+                                           weight_decay=config.weight_decay)
+        self.autocast = autocast_for(config.precision, self.device.type)  # entered every step
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self._gen = torch.Generator(device=self.device)
         self._loader_gen = torch.Generator()
 
-        self.global_step = 0
-        self.epoch = 0
-        self.batch_in_epoch = 0
-        self.skipped_steps = 0  # non-finite loss / gradients: update skipped
-        self.overflow_steps = 0  # fp16 GradScaler overflows (finite loss): update skipped
-        self._nonfinite_run = 0
+        self.global_step = self.epoch = self.batch_in_epoch = 0
+        self.skips = nonfinite.SkipCounter(host.max_nonfinite)  # non-finite steps: update skipped
         self.train_seconds = 0.0  # wall time inside fit(), summed over resumed runs
         self._fit_t0: float | None = None
         self._last_saved = -1
-        self._window = LossWindow()
-        self._bar: Any = None
-        self.last_loss = math.nan
-        self.last_grad_norm = math.nan
-        self.first_skipped_step: int | None = None
+        self.progress = Progress(host.log_every)
+        self.last_loss = self.last_grad_norm = math.nan
 
         # Run identity (the same on every rank) and the folder's lock.
         self.on_existing = on_existing
-        self.config_hash = config_hash({
+        self.config_hash, self.run_id, self.run_started = run_dir.new_identity({
             "train_config": config.to_dict(), "model_config": self.model_config,
             "run_info": self.run_info, "sde": model.sde.to_dict(),
             "prediction": model.prediction})
-        started = time.time()
-        self.run_id: str = dist_utils.broadcast_object(new_run_id(self.config_hash, started))
-        self.run_started = _iso(started)
         self.resumed_from: Path | None = None
-        self._lock = RunLock(self.out_dir)
-        self._depth = 0  # nesting of _held() (the same on every rank)
-        self._claimed = False
-        self.folder = RunFolder(self.out_dir, self.checkpoints, self.metrics, self.run_id)
+        self._lock = run_dir.RunLock(self.out_dir)
+        self._hold = run_dir.FolderHold(self._lock, self._claim)
+        self.folder = run_dir.RunFolder(self.out_dir, self.checkpoints, self.metrics, self.run_id)
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(OutDirInUseError), self._lock.held(self.run_id):
@@ -274,46 +179,18 @@ class Trainer:
         """``out_dir/metrics.jsonl``."""
         return self.metrics.path
 
-    # ------------------------------------------------------------------ pieces
-    def _autocast_context(self) -> contextlib.AbstractContextManager:
-        if self.config.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
-
     @property
     def ema_model(self) -> ScoreModel:
         """A ``ScoreModel`` holding the EMA weights (eval mode): sample from this."""
         return self.ema.module
 
-    def _to_device(self, x: Tensor) -> Tensor:
-        x = x.to(self.device, non_blocking=True)
-        if self.host.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
-
-    def _draw(
-        self, x0: Tensor, cond: Tensor | None, step: int
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``t``, ``eps`` and dropped-out ``cond`` of this rank's rows of the global batch."""
-        cfg = self.config
-        g = self._gen.manual_seed(stable_seed(cfg.seed, "step", step))
-        draw = draw_training_batch(
-            self.model, (x0.shape[0] * self.world_size, *x0.shape[1:]),
-            p_uncond=cfg.p_uncond if cond is not None else 0.0, discrete=cfg.discrete,
-            generator=g, device=self.device, dtype=x0.dtype,
-        ).shard(self.rank, self.world_size)
-        layout = torch.channels_last if self.host.channels_last and x0.ndim == 4 \
-            else torch.contiguous_format
-        return draw.t, draw.noise.contiguous(memory_format=layout), drop_condition(cond, draw.keep)
-
-    def _grad_norm(self) -> Tensor:
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        if not params:
-            raise RuntimeError("no parameter received a gradient: is the net using its input?")
-        if self.config.grad_clip is not None:
-            return torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
-        return torch.nn.utils.get_total_norm([p.grad for p in params])
+    # the run's skip counters (:class:`~scoregen.train.nonfinite.SkipCounter`), read-only
+    skipped_steps = property(lambda self: self.skips.skipped,
+                             doc="Steps skipped with a non-finite loss or gradient (over resumes).")
+    overflow_steps = property(lambda self: self.skips.overflows,
+                              doc="fp16 GradScaler overflows with a finite loss (update skipped).")
+    first_skipped_step = property(lambda self: self.skips.first,
+                                  doc="The step of the run's first skip; None: none skipped.")
 
     # ------------------------------------------------------------------ one step
     def step(self, x0: Tensor, cond: Tensor | None = None) -> float:
@@ -325,32 +202,28 @@ class Trainer:
         if not torch.is_tensor(x0) or x0.ndim < 2 or not x0.is_floating_point():
             got = f"{getattr(x0, 'dtype', type(x0).__name__)} {tuple(getattr(x0, 'shape', ()))}"
             raise ValueError(f"x0 must be a float tensor of shape (B, *D), got {got}")
-        if not self._claimed:  # a step outside fit(): claim the folder for this run first
-            with self._held():
+        if not self._hold.claimed:  # a step outside fit(): claim the folder for this run first
+            with self._hold(self.run_id):
                 pass
-        x0 = self._to_device(x0)
-        cond = self._to_device(cond) if cond is not None else None
+        x0, cond = (to_device(v, self.device, self.host.channels_last) for v in (x0, cond))
         if not self.model.net.training:
             self._train_model.train()
         index = self.global_step  # 0-based index of this update
         lr = cfg.lr_at(index)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        t, noise, cond = self._draw(x0, cond, index)
-
+        t, noise, cond = draw_rows(self.model, x0, cond, config=cfg, step=index,
+                                   generator=self._gen, device=self.device, rank=self.rank,
+                                   world_size=self.world_size,
+                                   channels_last=self.host.channels_last)
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast:
             loss = dsm_loss(self._train_model, x0, cond, t=t, noise=noise,
                             weighting=cfg.weighting)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        grad_norm = self._grad_norm()
-        loss_all = loss.detach().float().reshape(1)
-        if self.distributed:
-            dist.all_reduce(loss_all)
-            loss_all = loss_all / self.world_size
-        loss_v, norm_v = torch.cat([loss_all, grad_norm.detach().float().reshape(1)
-                                    .to(loss_all.device)]).tolist()  # the one host sync
+        loss_v, norm_v = host_values(loss, grad_norm(self.model, cfg.grad_clip),
+                                     distributed=self.distributed, world_size=self.world_size)
         self.global_step += 1
         self.last_loss, self.last_grad_norm = loss_v, norm_v
         self._update_or_skip(loss_v, norm_v)
@@ -360,59 +233,29 @@ class Trainer:
         self._record(loss_v, lr)
         return loss_v
 
-    def check_finite(self, when: str = "") -> None:
-        """Raise :class:`NonFiniteWeightsError` unless every weight and EMA value is
-        finite. One float64 sum per tensor (a NaN or inf anywhere makes it non-finite;
-        float64 cannot overflow on float32 values) and one host sync."""
-        tensors = [p.detach() for p in self.model.parameters()]
-        tensors += [v for v in self.ema.module.state_dict().values() if v.is_floating_point()]
-        dtype = torch.float32 if self.device.type == "mps" else torch.float64
-        if bool(torch.stack([t.sum(dtype=dtype) for t in tensors]).isfinite().all()):
-            return
-        bad = [n for n, v in (*(("weights", p) for p in self.model.parameters()),
-                              *(("EMA", v) for v in self.ema.module.state_dict().values()))
-               if v.is_floating_point() and not bool(v.isfinite().all())]
-        latest = self.folder.own_checkpoints()
-        raise NonFiniteWeightsError(
-            f"the run diverged: after step {self.global_step} the {' and '.join(sorted(set(bad)))} "
-            f"hold NaN or inf{when}. Nothing of this state is saved; the newest checkpoint of "
-            f"the run is {latest[-1].name if latest else 'none'} "
-            f"({self.skipped_steps} steps skipped so far). Lower lr, set grad_clip, or use "
-            "bf16 instead of fp16."
-        )
-
     def _update_or_skip(self, loss_v: float, norm_v: float) -> None:
         """AdamW + EMA update when loss and gradient norm are finite; else no update."""
         if math.isfinite(loss_v) and math.isfinite(norm_v):
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.ema.update(self.model)
-            self._nonfinite_run = 0
+            self.skips.passed()
             return
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.update()  # fp16: lowers the scale after an overflow; else a no-op
         if self.scaler.is_enabled() and math.isfinite(loss_v):
-            self.overflow_steps += 1
-        else:
-            self.check_finite()  # were the weights the cause? (a diverged update before)
-            self._skip_nonfinite(loss_v, norm_v)
+            self.skips.overflows += 1
+            return
+        self.check_finite()  # were the weights the cause? (a diverged update before)
+        self.log({"event": "nonfinite", "step": self.global_step, "loss": loss_v,
+                  "grad_norm": norm_v})
+        self.skips.skip(self.global_step, loss_v, norm_v)  # raises after max_nonfinite
 
-    def _skip_nonfinite(self, loss_v: float, norm_v: float) -> None:
-        self.skipped_steps += 1
-        self._nonfinite_run += 1
-        s = self.global_step
-        if self.first_skipped_step is None:
-            self.first_skipped_step = s
-        self.log({"event": "nonfinite", "step": s, "loss": loss_v, "grad_norm": norm_v})
-        if self._nonfinite_run >= self.host.max_nonfinite:
-            first = s - self._nonfinite_run + 1
-            raise NonFiniteLossError(
-                f"training stopped at step {s}: {self._nonfinite_run} consecutive steps "
-                f"(steps {first}..{s}) had a non-finite loss or gradient norm (last loss "
-                f"{loss_v}, grad norm {norm_v}); max_nonfinite={self.host.max_nonfinite}. "
-                "Skipped steps never reached the weights, the EMA or a checkpoint; try a lower "
-                "lr, grad_clip, or bf16 instead of fp16."
-            )
+    def check_finite(self, when: str = "") -> None:
+        """Raise :class:`NonFiniteWeightsError` unless every weight and EMA value is
+        finite (:func:`~scoregen.train.nonfinite.nonfinite_parts`: one host sync)."""
+        nonfinite.check_finite(self.model, self.ema.module, step=self.global_step, when=when,
+                               folder=self.folder, skipped=self.skipped_steps)
 
     # ------------------------------------------------------------------ logging
     def log(self, record: Mapping[str, Any]) -> None:
@@ -424,81 +267,24 @@ class Trainer:
         return self.metrics.read()
 
     def _record(self, loss_v: float, lr: float) -> None:
-        self._window.add(loss_v)
-        if self._bar is not None:
-            self._bar.update(1)
-        if self.global_step % self.host.log_every:
-            return
-        mean, rate = self._window.flush()
-        self.log({"epoch": self.epoch, "loss": mean, "lr": lr, "grad_norm": self.last_grad_norm,
-                  "skipped": self.skipped_steps, "it_per_s": rate})
-        if self._bar is not None:
-            self._bar.set_postfix(loss=f"{mean:.4g}", skipped=self.skipped_steps)
+        window = self.progress.step(self.global_step, loss_v)
+        if window is not None:  # a training line every log_every steps
+            mean, rate = window
+            self.log({"epoch": self.epoch, "loss": mean, "lr": lr,
+                      "grad_norm": self.last_grad_norm, "skipped": self.skipped_steps,
+                      "it_per_s": rate})
+            self.progress.show(mean, self.skipped_steps)
 
     # ------------------------------------------------------------------ the folder
-    @contextlib.contextmanager
-    def _held(self, claim: bool = True) -> Iterator[None]:
-        """Hold the out_dir lock (rank 0) and, with ``claim``, make sure the folder is
-        this run's (:meth:`_claim`, the first time). Call on every rank: a refusal on
-        rank 0 is raised on all of them."""
-        if self._depth:  # inside fit(): held and claimed already
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-            return
-        self._on_main(lambda: self._lock.acquire(self.run_id))
-        self._depth = 1
-        try:
-            if claim and not self._claimed:
-                self._on_main(self._claim)
-                self._claimed = True
-            yield
-        finally:
-            self._depth -= 1
-            if self._depth == 0 and self.is_main:
-                self._lock.release()
-
-    def _on_main(self, fn: Callable[[], Any]) -> None:
-        """Run ``fn`` on rank 0; an error it raises (OutDirInUseError, ExistingRunError,
-        an OSError moving files) is raised on every rank, so no rank waits in a collective
-        for one that gave up."""
-        error: BaseException | None = None
-        if self.is_main:
-            try:
-                fn()
-            except Exception as e:
-                error = e
-        if self.distributed:
-            error = dist_utils.broadcast_object(error)
-        if error is not None:
-            raise error
-
     def _claim(self) -> None:
-        """Rank 0, lock held: the folder must hold no other run's checkpoints (a fresh
-        run with ``on_existing="overwrite"`` moves them aside); a fresh run starts its
-        own ``metrics.jsonl`` with a ``"run_start"`` row."""
+        """Rank 0, lock held: :meth:`RunFolder.claim <scoregen.train.run_dir.RunFolder.claim>`
+        the folder for this run; a fresh run starts its log with a ``"run_start"`` row."""
         fresh = self.resumed_from is None
-        moved = self.folder.claim(fresh=fresh, overwrite=self.on_existing == "overwrite")
-        if moved is not None:
-            _warn_caller(f"moved {moved[1]} of the previous run in {self.out_dir} to {moved[0]}")
-        if fresh:
-            self.metrics.rows = 0
-            self.metrics.append({"step": self.global_step, "event": "run_start",
-                                 "run_id": self.run_id, "config_hash": self.config_hash,
-                                 "started": self.run_started})
+        self.folder.claim(fresh=fresh, overwrite=self.on_existing == "overwrite", start_row={
+            "step": self.global_step, "event": "run_start", "run_id": self.run_id,
+            "config_hash": self.config_hash, "started": self.run_started} if fresh else None)
 
     # ------------------------------------------------------------------ checkpoints
-    def _state(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "skipped_steps": self.skipped_steps, "overflow_steps": self.overflow_steps,
-                "nonfinite_run": self._nonfinite_run, "world_size": self.world_size,
-                "train_seconds": round(self._elapsed(), 3),
-                "first_skipped_step": self.first_skipped_step,
-                "suspect": self.first_skipped_step is not None,
-                "log_rows": self.metrics.rows}
-
     def _elapsed(self) -> float:
         running = 0.0 if self._fit_t0 is None else time.perf_counter() - self._fit_t0
         return self.train_seconds + running
@@ -510,53 +296,16 @@ class Trainer:
         (:class:`NonFiniteWeightsError`) weights or an EMA that are not finite. Call on
         every rank; rank 0 writes and returns the path. Draws nothing."""
         self.check_finite(": refusing to save them")
-        with self._held():
+        with self._hold(self.run_id):
             rng = dist_utils.gather_rng_states(ckpt.capture_rng())  # a collective under DDP
             self._last_saved = self.global_step
             if not self.is_main:
                 return None
-            default = path is None
+            written = save_trainer(
+                self, self.checkpoints.path_for(self.global_step) if path is None else path, rng)
             if path is None:
-                path = self.checkpoints.path_for(self.global_step)
-            written = ckpt.save_checkpoint(
-                Path(path), self.model, ema=self.ema, optimizer=self.optimizer,
-                scaler=self.scaler, step=self.global_step, train_config=self.config.to_dict(),
-                model_config=self.model_config, state=self._state(), rng=rng,
-                host_options=self.host.to_dict(), run_info=self.run_info,
-                run={"id": self.run_id, "started": self.run_started,
-                     "config_hash": self.config_hash},
-            )
-            if default:
                 self.folder.prune(self.host.keep_last)
             return written
-
-    def _load_for_resume(self, path: str | os.PathLike | None) -> ckpt.Checkpoint | None:
-        """The checkpoint to continue from: ``path``, or the newest of out_dir that loads
-        (checksums, bounds, finite weights), warning about each newer one skipped."""
-        candidates = [Path(path)] if path is not None else self.checkpoints.list()[::-1]
-        skipped: list[str] = []
-        for p in candidates:
-            try:
-                ck = ckpt.load_checkpoint(p)
-                bad = ckpt.nonfinite_tensors({k: v for k, v in ck.tensors.items()
-                                              if k.startswith(("model.", "ema."))})
-                if bad:
-                    raise ckpt.CheckpointError(f"{p} holds non-finite weights ({bad[0]}, ...)")
-            except ckpt.CheckpointMismatchError:
-                raise
-            except ckpt.CheckpointError as e:
-                if path is not None:
-                    raise
-                skipped.append(f"{p.name}: {e}")
-                continue
-            if skipped:
-                _warn_caller(f"resume: skipped {len(skipped)} checkpoint(s) that do not load "
-                             f"and continued from {p.name}:\n  " + "\n  ".join(skipped))
-            return ck
-        if skipped:
-            raise ckpt.CheckpointError(f"no checkpoint in {self.checkpoint_dir} loads:\n  "
-                                       + "\n  ".join(skipped))
-        return None
 
     def resume(self, path: str | os.PathLike | None = None) -> bool:
         """Continue the run of the newest checkpoint of ``out_dir`` that loads (or of
@@ -571,108 +320,19 @@ class Trainer:
         when ``out_dir`` also holds checkpoints of another run. The run continued is
         ``trainer.run_id`` (logged as a ``"resume"`` row of ``metrics.jsonl``).
         """
-        with self._held(claim=False):
-            ck = self._load_for_resume(path)
-            if ck is None:
-                return False
-            self._restore(ck)
-            self.run_id = self.folder.run_id = ck.run_id or self.run_id
-            self.folder.legacy = ck.run_id is None
-            self.resumed_from = ck.path
-            self._on_main(self._claim)  # no other run's checkpoints beside it
-            self._claimed = True
-            st = ck.state
-            self.metrics.truncate(ck.step, st.get("log_rows"))
-            self.log({"event": "resume", "run_id": self.run_id, "from": ck.path.name,
-                      "written_by_run": ck.run_id})
-        return True
-
-    def _restore(self, ck: ckpt.Checkpoint) -> None:
-        path = ck.path
-        ck.check_compatible(model_config=self.model_config, sde=self.model.sde,
-                            prediction=self.model.prediction, run_info=self.run_info)
-        ckpt.load_state_checked(self.model, ck.model_state(), "weights", path)
-        ema_state = ck.ema_state()
-        if ema_state is not None:
-            ckpt.load_state_checked(self.ema.module, ema_state, "EMA weights", path)
-            self.ema.num_updates = int(ck.meta["ema"]["num_updates"])
-        else:
-            warnings.warn(f"{path} has no EMA weights; the EMA restarts from the weights",
-                          stacklevel=3)
-            self.ema = EMA(self.model, self.config.ema_decay, warmup=self.config.ema_warmup)
-        opt_state = ck.optimizer_state()
-        if opt_state is not None:
-            self.optimizer.load_state_dict(opt_state)
-            for group in self.optimizer.param_groups:  # the config wins over saved groups
-                group.update(betas=self.config.betas, weight_decay=self.config.weight_decay)
-        scaler_state = ck.scaler_state()
-        if scaler_state is not None and self.scaler.is_enabled():
-            self.scaler.load_state_dict(scaler_state)
-        st = ck.state
-        self.global_step = ck.step
-        self.epoch = int(st.get("epoch", 0))
-        self.batch_in_epoch = int(st.get("batch_in_epoch", 0))
-        self.skipped_steps = int(st.get("skipped_steps", 0))
-        self.overflow_steps = int(st.get("overflow_steps", 0))
-        self._nonfinite_run = int(st.get("nonfinite_run", 0))
-        self.train_seconds = float(st.get("train_seconds", 0.0))
-        first = st.get("first_skipped_step")
-        self.first_skipped_step = int(first) if first is not None else None
-        run = ck.meta.get("run") or {}
-        if isinstance(run.get("config_hash"), str):
-            self.config_hash = run["config_hash"]
-        if isinstance(run.get("started"), str):
-            self.run_started = run["started"]
-        self._last_saved = ck.step
-        self._warn_differences(ck, path)
-        rng = ck.rng_state(self.rank)
-        if rng is not None:
-            ckpt.restore_rng(rng)
-
-    def _warn_differences(self, ck: ckpt.Checkpoint, path: Any) -> None:
-        changed = self.config.differences(ck.train_config or {})  # host options: never
-        if changed:
-            warnings.warn(f"resuming {path} with a changed TrainConfig ({'; '.join(changed)}); "
-                          "the run will differ from an uninterrupted one", stacklevel=3)
-        ws = ck.state.get("world_size", self.world_size)
-        if ws != self.world_size:
-            warnings.warn(f"{path} was written by {ws} processes, resuming with "
-                          f"{self.world_size}: per-rank RNG states (dropout) are not carried "
-                          "over", stacklevel=3)
+        return resume_run(self, path)
 
     # ------------------------------------------------------------------ the loop
-    def _loader(self, data: Any) -> tuple[Any, DataLoader | None]:
-        """``(data, loader)``: a tensor or map-style ``Dataset`` gets the trainer's
-        resumable loader; any other re-iterable of batches is used as given."""
-        if torch.is_tensor(data):
-            data = TensorDataset(data)
-        if not isinstance(data, Dataset) or isinstance(data, IterableDataset):
-            return data, None
-        return data, make_loader(
-            data, batch_size=self.config.batch_size, seed=self.config.seed, rank=self.rank,
-            world_size=self.world_size, num_workers=self.host.num_workers,
-            generator=self._loader_gen, pin_memory=self.device.type == "cuda")
-
     @contextlib.contextmanager
     def _fitting(self, total: int | None) -> Iterator[None]:
         """The progress bar, the loss window and the wall clock of one ``fit`` call."""
-        if self.is_main and self.host.progress:
-            self._bar = tqdm(total=total, initial=self.global_step, desc="train",
-                             dynamic_ncols=True)
-        self._window.reset()
-        self._fit_t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.train_seconds, self._fit_t0 = self._elapsed(), None
-            if self._bar is not None:
-                self._bar.close()
-                self._bar = None
-
-    def _maybe_save(self) -> None:
-        every = self.host.checkpoint_every
-        if every and self.global_step % every == 0:
-            self.save()
+        with self.progress.running(total=total, initial=self.global_step,
+                                   show=self.is_main and self.host.progress):
+            self._fit_t0 = time.perf_counter()
+            try:
+                yield
+            finally:
+                self.train_seconds, self._fit_t0 = self._elapsed(), None
 
     def _end_epoch(self, hook: Callable[[Trainer, int], Any] | None) -> None:
         """Run the epoch hook and log its row. When the hook raises, the row records the
@@ -723,15 +383,18 @@ class Trainer:
         if steps is None and epochs is None:
             steps = self.config.max_steps
         batch_fn = batch_fn or default_batch_fn
-        data, loader = self._loader(data)
-        if self.on_existing == "resume" and self.resumed_from is None and not self._claimed:
+        data, loader = loader_for(
+            data, batch_size=self.config.batch_size, seed=self.config.seed, rank=self.rank,
+            world_size=self.world_size, num_workers=self.host.num_workers,
+            generator=self._loader_gen, pin_memory=self.device.type == "cuda")
+        if self.on_existing == "resume" and self.resumed_from is None and not self._hold.claimed:
             self.resume()
 
         def done() -> bool:
             return ((steps is not None and self.global_step >= steps)
                     or (epochs is not None and self.epoch >= epochs))
 
-        with self._held(), self._fitting(total=steps):
+        with self._hold(self.run_id), self._fitting(total=steps):
             while not done():
                 batches = epoch_batches(data, loader, epoch=self.epoch, skip=self.batch_in_epoch,
                                         seed=self.config.seed, generator=self._loader_gen)
@@ -742,17 +405,6 @@ class Trainer:
         return {"step": self.global_step, "epoch": self.epoch, "loss": self.last_loss,
                 "skipped_steps": self.skipped_steps, "train_seconds": self.train_seconds,
                 "run_id": self.run_id, "ok": ok, "status": self.status()}
-
-    def status(self) -> str:
-        """One line on the run's health: ``"ok"``, or how many steps were skipped as
-        non-finite, from which step, and the newest checkpoint written without skips."""
-        if not self.skipped_steps:
-            return f"ok: run {self.run_id}, step {self.global_step}, no skipped steps"
-        clean = [p for p in self.folder.own_checkpoints() if not self.folder.is_suspect(p)]
-        return (f"NOT OK: run {self.run_id} skipped {self.skipped_steps} step(s) with a "
-                f"non-finite loss or gradient (first at step {self.first_skipped_step}); "
-                f"checkpoints written after skips are suspect; the newest without: "
-                f"{clean[-1] if clean else 'none'}")
 
     def _run_epoch(
         self,
@@ -780,4 +432,11 @@ class Trainer:
             batch = next(batches, _END)  # look ahead: was that the epoch's last?
             if batch is _END:
                 self._end_epoch(on_epoch_end)
-            self._maybe_save()
+            every = self.host.checkpoint_every
+            if every and self.global_step % every == 0:
+                self.save()
+
+    def status(self) -> str:
+        """One line on the run's health: ``"ok"``, or how many steps were skipped as
+        non-finite, from which step, and the newest checkpoint written without skips."""
+        return self.skips.status(self.run_id, self.global_step, self.folder)
