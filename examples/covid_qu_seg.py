@@ -60,9 +60,10 @@ from scoregen.segmentation import (
     random_subset,
     segment,
 )
-from scoregen.train import CheckpointError, ExistingRunError, OutDirInUseError, loss_curve
+from scoregen.train import CheckpointError, ExistingRunError, OutDirInUseError
 from scoregen.train.checkpoint import Checkpoint, load_checkpoint
 from scoregen.train.checkpoint_dir import latest_checkpoint, list_checkpoints
+from scoregen.train.figures import plot_loss
 
 #: The seed talk's schedule: DDPM, 1000 steps, beta linear 1e-4 .. 0.02.
 SDE_ARGS = {"num_steps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
@@ -356,16 +357,6 @@ def save_figures(out: Path, model: sg.ScoreModel, ds: SegmentationDataset, idx: 
     return paths
 
 
-def plot_loss(trainer: sg.Trainer, path: Path) -> Path | None:
-    """The DSM loss curve of ``trainer``'s ``metrics.jsonl`` (the trainer draws no figures)."""
-    steps, losses = loss_curve(trainer.read_metrics())
-    if not steps:
-        return None
-    name = f"DSM loss (mean of {trainer.host.log_every} steps)"
-    return plot_curves({name: (steps, losses)}, path, xlabel="training step",
-                       ylabel="loss", logy=[name] if min(losses) > 0 else [])
-
-
 # ----------------------------------------------------------------------------- train + eval
 def train_and_evaluate(args: argparse.Namespace, out: Path, train_ds: SegmentationDataset,
                        val_ds: SegmentationDataset, data_note: str) -> dict[str, Any] | None:
@@ -407,7 +398,8 @@ def train_and_evaluate(args: argparse.Namespace, out: Path, train_ds: Segmentati
     def on_epoch_end(tr: sg.Trainer, epoch: int) -> dict[str, Any] | None:
         train_ds.set_epoch(epoch + 1)
         if tr.is_main:
-            plot_loss(tr, out / "loss.png")  # the curve so far, redrawn every epoch
+            # the curve so far, redrawn every epoch
+            plot_loss(tr.read_metrics(), out / "loss.png", log_every=tr.host.log_every)
         last = tr.global_step >= total
         if (epoch + 1) % args.eval_every and not last:
             return None
@@ -431,7 +423,8 @@ def train_and_evaluate(args: argparse.Namespace, out: Path, train_ds: Segmentati
         raise SystemExit(fitted["status"])
     if not trainer.is_main:  # under torchrun, rank 0 evaluates and writes the results
         return None
-    loss_png = plot_loss(trainer, out / "loss.png")
+    loss_png = plot_loss(trainer.read_metrics(), out / "loss.png",
+                         log_every=trainer.host.log_every)
     rows = [r["epoch_eval"] for r in trainer.read_metrics() if "epoch_eval" in r]
     write_epoch_table(out, rows)
 

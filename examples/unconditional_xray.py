@@ -22,10 +22,11 @@ import torch
 
 import scoregen as sg
 from scoregen import devices
-from scoregen.plotting import image_grid, plot_curves
+from scoregen.plotting import image_grid
 from scoregen.segmentation import CovidQUDataset, PhantomDataset
-from scoregen.train import CheckpointError, ExistingRunError, OutDirInUseError, loss_curve
+from scoregen.train import CheckpointError, ExistingRunError, OutDirInUseError
 from scoregen.train.checkpoint_dir import latest_checkpoint
+from scoregen.train.figures import plot_loss
 
 SDE_ARGS = {"num_steps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
 
@@ -74,15 +75,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--debug", action="store_true", help="full traceback on an error")
     return p.parse_args(argv)
-
-
-def plot_loss(trainer: sg.Trainer, path: Path) -> None:
-    """The DSM loss curve of ``trainer``'s ``metrics.jsonl`` (the trainer draws no figures)."""
-    steps, losses = loss_curve(trainer.read_metrics())
-    if steps:
-        name = f"DSM loss (mean of {trainer.host.log_every} steps)"
-        plot_curves({name: (steps, losses)}, path, xlabel="training step", ylabel="loss",
-                    logy=[name] if min(losses) > 0 else [])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
     if not fitted["ok"]:  # skipped non-finite steps: say so and exit non-zero
         raise SystemExit(fitted["status"])
     print(f"trained {trainer.global_step} steps in {trainer.train_seconds:.0f} s")
-    plot_loss(trainer, Path(args.out) / "loss.png")
+    plot_loss(trainer.read_metrics(), Path(args.out) / "loss.png",
+              log_every=trainer.host.log_every)
 
     generated = sg.sample(trainer.ema_model.eval(), (args.samples, 1, args.size, args.size),
                           args.sampler, steps=args.sampling_steps, progress=progress,
