@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import time
 
 import torch
 
@@ -65,27 +66,60 @@ def describe_device(device: torch.device | str = "cpu") -> str:
             f"{threads} torch thread{'s' if threads != 1 else ''}")
 
 
+def _cpu_times() -> tuple[float, float] | None:
+    """``(busy, total)`` CPU time of all cores since boot from ``/proc/stat`` (Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    if len(fields) < 5:
+        return None
+    idle = fields[3] + fields[4]  # idle + iowait; user/nice/system/irq/softirq/steal are busy
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_cores(interval: float = 0.2) -> float | None:
+    """Cores in use right now: the busy share of all CPU time over ``interval`` seconds,
+    times the core count (``/proc/stat``); None where that file does not exist.
+
+    Unlike the 1-minute load average, which decays with a one-minute time constant and
+    so still reads ~1 a minute after a job ended, this sees the machine as it is now.
+    """
+    before = _cpu_times()
+    if before is None:
+        return None
+    time.sleep(interval)
+    after = _cpu_times()
+    if after is None or after[1] <= before[1]:
+        return None
+    share = (after[0] - before[0]) / (after[1] - before[1])
+    return max(0.0, min(1.0, share)) * (os.cpu_count() or 1)
+
+
 def resolve_threads(spec: int | str = "auto", *, cap: int | None = None) -> int:
     """Torch intra-op threads for this host: an int >= 1 as given, or ``"auto"``.
 
-    ``"auto"`` takes the cores not already busy, ``round(cores - load)`` with ``load`` the
-    1-minute load average (``os.getloadavg``), at least 1 and at most ``cap`` (default
-    ``torch.get_num_threads()``, i.e. ``OMP_NUM_THREADS`` when set). Reason (measured in
-    ``benchmarks/host_times.py``): OpenMP threads spin-wait for each other, so on a core
-    another process holds, a second thread costs far more than it gains (a training step
-    of the X-ray example was 1.0-15x slower, never faster, with 2 threads than with 1
-    beside other jobs, ``docs/benchmarks.md``), while on idle cores 2 threads are faster
-    (issue 12: the main job in 183 s with 2 threads). Hosts without a load average get
-    ``cap``.
+    ``"auto"`` takes the cores not already busy, ``round(cores - busy)``, at least 1 and at
+    most ``cap`` (default ``torch.get_num_threads()``, i.e. ``OMP_NUM_THREADS`` when set).
+    ``busy`` is :func:`busy_cores` (the CPU use of the last 0.2 s), or the 1-minute load
+    average where ``/proc/stat`` is missing. Reason (measured in
+    ``benchmarks/host_times.py``, docs/benchmarks.md "Host times"): OpenMP threads
+    spin-wait for each other, so on a core another process holds, a second thread costs
+    far more than it gains (a training step of the X-ray example was 1.0-15x slower,
+    never faster, with 2 threads than with 1 beside other jobs), while on idle cores 2
+    threads are faster (1.57x per step on 2 idle cores). Hosts with neither get ``cap``.
     """
     cap = torch.get_num_threads() if cap is None else cap
     if spec != "auto":
         if isinstance(spec, bool) or not isinstance(spec, int) or spec < 1:
             raise ValueError(f"threads must be an integer >= 1 or 'auto', got {spec!r}")
         return spec
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):  # no load average (Windows)
-        return max(1, cap)
-    free = round((os.cpu_count() or 1) - load)
+    busy = busy_cores()
+    if busy is None:
+        try:
+            busy = os.getloadavg()[0]
+        except (AttributeError, OSError):  # no load average (Windows)
+            return max(1, cap)
+    free = round((os.cpu_count() or 1) - busy)
     return max(1, min(cap, free))

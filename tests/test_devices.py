@@ -53,8 +53,27 @@ def test_one_torch_thread_is_singular(monkeypatch):
 def test_auto_threads_take_the_cores_other_processes_leave(monkeypatch, cores, load, cap,
                                                             expected):
     monkeypatch.setattr(devices_module.os, "cpu_count", lambda: cores)
-    monkeypatch.setattr(devices_module.os, "getloadavg", lambda: (load, load, load))
+    # the busy cores of the last 0.2 s, as /proc/stat counts them: total CPU time grows by
+    # cores * 100 ticks, of which load * 100 were busy
+    times = iter([(0.0, 0.0), (load * 100, cores * 100.0)])
+    monkeypatch.setattr(devices_module, "_cpu_times", lambda: next(times))
+    monkeypatch.setattr(devices_module.time, "sleep", lambda s: None)
     assert resolve_threads("auto", cap=cap) == expected
+
+
+def test_auto_threads_fall_back_to_the_load_average_without_proc_stat(monkeypatch):
+    monkeypatch.setattr(devices_module.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(devices_module, "_cpu_times", lambda: None)
+    monkeypatch.setattr(devices_module.os, "getloadavg", lambda: (1.0, 1.0, 1.0))
+    assert resolve_threads("auto", cap=2) == 1
+    monkeypatch.setattr(devices_module.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    assert resolve_threads("auto", cap=2) == 2
+
+
+def test_busy_cores_reads_this_machine():
+    busy = devices_module.busy_cores(0.05)
+    if busy is not None:  # Linux
+        assert 0.0 <= busy <= (devices_module.os.cpu_count() or 1)
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "two", True], ids=str)
