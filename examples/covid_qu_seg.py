@@ -199,7 +199,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     run.add_argument("--threads", type=threads_arg, default="auto",
                      help="torch CPU threads; auto: the cores other processes leave free "
-                          "(1-minute load average), at most torch's default")
+                          "(CPU use of the last 0.2 s), at most torch's default")
     run.add_argument("--out", type=Path, default=None,
                      help="output folder (default runs/covid_qu_seg; with --evaluate, the "
                           "evaluated run's folder)")
