@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Sampler accuracy vs NFE on closed-form Gaussian mixtures, and per-NFE sampler overhead.
 
-    OMP_NUM_THREADS=1 python benchmarks/samplers.py --quick     # 8 repeats, < 5 min on 2 cores
+    OMP_NUM_THREADS=1 python benchmarks/samplers.py --quick     # 8 repeats, ~18 min on 2 cores
     OMP_NUM_THREADS=1 python benchmarks/samplers.py             # 32 repeats + extra cases
     OMP_NUM_THREADS=1 python benchmarks/samplers.py --sde all   # also VP, sub-VP and VE
 
@@ -683,7 +683,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     head, _, body = __doc__.partition("\n\n")
     p = argparse.ArgumentParser(description=head, epilog=body,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="8 repeats, main cases (< 5 min)")
+    p.add_argument("--quick", action="store_true", help="8 repeats, main cases (~18 min on 2 cores)")
     p.add_argument("--sde", nargs="+", default=["ddpm"],
                    help=f"SDEs to run: {', '.join(SDE_FACTORIES)} or 'all' (default ddpm)")
     p.add_argument("--targets", nargs="+", default=None, help="subset of: ring2d mix64")
