@@ -683,7 +683,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     head, _, body = __doc__.partition("\n\n")
     p = argparse.ArgumentParser(description=head, epilog=body,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="8 repeats, main cases (~18 min on 2 cores)")
+    p.add_argument("--quick", action="store_true",
+                   help="8 repeats, main cases (~18 min on 2 cores)")
     p.add_argument("--sde", nargs="+", default=["ddpm"],
                    help=f"SDEs to run: {', '.join(SDE_FACTORIES)} or 'all' (default ddpm)")
     p.add_argument("--targets", nargs="+", default=None, help="subset of: ring2d mix64")
