@@ -406,3 +406,19 @@ def test_real_mcsz_lung_resized_and_no_infection():
         CovidQUDataset(root, "Val", task="infection")
     with pytest.raises(FileNotFoundError, match="no PNG images"):
         CovidQUDataset(root, "Val", classes=("COVID-19",))
+
+
+def test_hold_out_splits_disjointly_and_keeps_augmentation_on_the_rest_only():
+    from scoregen.segmentation import PhantomDataset
+
+    ds = PhantomDataset(20, task="lung", size=16, seed=0, augment=True)
+    rest, held = ds.hold_out(5, seed=3)
+    assert len(rest) == 15 and len(held) == 5
+    assert not set(rest.names) & set(held.names)
+    assert rest.augment is not None and held.augment is None
+    again_rest, again_held = ds.hold_out(5, seed=3)
+    assert again_held.names == held.names  # fixed by the seed
+    i = ds.names.index(held.names[0])
+    assert torch.equal(held.images[0], ds.images[i])
+    with pytest.raises(ValueError, match="0 < n < 20"):
+        ds.hold_out(20, seed=0)

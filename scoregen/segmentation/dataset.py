@@ -106,6 +106,31 @@ class SegmentationDataset(Dataset):
             "class": self.classes_of[index],
         }
 
+    def subset(self, indices: Tensor | Sequence[int], *, augment: bool | None = None
+               ) -> SegmentationDataset:
+        """The items ``indices`` as a new set (same seed; ``augment=None`` keeps this set's
+        augmentation, ``False`` drops it)."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        if idx.ndim != 1 or (len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= len(self))):
+            raise ValueError(f"indices must be a 1-D list of items in [0, {len(self)}), "
+                             f"got shape {tuple(idx.shape)}")
+        keep = self.augment if augment is None else (self.augment if augment else False)
+        return SegmentationDataset(self.images[idx], self.masks[idx],
+                                   [self.names[i] for i in idx.tolist()],
+                                   [self.classes_of[i] for i in idx.tolist()],
+                                   augment=keep if keep is not None else False, seed=self.seed)
+
+    def hold_out(self, n: int, seed: int) -> tuple[SegmentationDataset, SegmentationDataset]:
+        """``(rest, held)``: ``n`` random items (fixed by ``seed``) set aside, e.g. a
+        tuning subset carved from Train for thresholds, temperatures and model selection
+        that the model never trains on. ``rest`` keeps the augmentation, ``held`` has none.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 < n < len(self):
+            raise ValueError(f"hold_out needs 0 < n < {len(self)} items, got n={n!r}")
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        held, rest = order[:n].sort().values, order[n:].sort().values
+        return self.subset(rest), self.subset(held, augment=False)
+
     def class_mask(self, *classes: str) -> Tensor:
         """(N,) bool tensor, True where the sample's class is one of ``classes``.
 
