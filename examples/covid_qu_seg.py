@@ -123,8 +123,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            "the checkpoint's)")
     data.add_argument("--size", type=positive_int, default=None,
                       help="image size (default 64; with --evaluate, the checkpoint's)")
-    data.add_argument("--augment", action="store_true",
-                      help="small random affine on training pairs (no flips)")
+    data.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                      help="small random affine on training pairs (no flips); default: on "
+                           "for real data, off on the phantom")
+    data.add_argument("--holdout", type=nonnegative_int, default=None,
+                      help="Train images set aside (never trained on) for the per-epoch "
+                           "scores, thresholds and temperatures; default 256 on real data, "
+                           "0 on the phantom (its epochs are scored on its val cases)")
     data.add_argument("--phantom-train", type=positive_int, default=512,
                       help="phantom training cases (without --data-root)")
     data.add_argument("--phantom-val", type=positive_int, default=64,
@@ -146,6 +151,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--lr", type=positive_float, default=1e-3)
     train.add_argument("--warmup", type=nonnegative_int, default=100, help="warm-up steps")
     train.add_argument("--ema-decay", type=decay_float, default=0.999)
+    train.add_argument("--aux-loss", choices=("none", *sg.AUX_LOSSES), default="none",
+                       help="auxiliary loss on the denoised mask x0_hat beside the denoising "
+                            "loss (dice_bce: soft Dice + BCE)")
+    train.add_argument("--aux-weight", type=positive_float, default=1.0,
+                       help="weight of --aux-loss")
+    train.add_argument("--aux-weighting", choices=sg.AUX_WEIGHTINGS, default="alpha2",
+                       help="weight of --aux-loss over t: alpha(t)^2 (low noise) or uniform")
     train.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                        help="auto: bf16 on CUDA, fp32 on CPU")
     train.add_argument("--compile", action="store_true", help="torch.compile the U-Net")
@@ -192,6 +204,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.evaluate is not None and args.compare:
         p.error("--evaluate scores one checkpoint; --compare trains two models")
     if args.evaluate is None:
+        real = args.data_root is not None
+        if args.augment is None:
+            args.augment = real
+        if args.holdout is None:
+            args.holdout = 256 if real else 0
         for name, value in MODEL_DEFAULTS.items():
             if getattr(args, name) is None:
                 setattr(args, name, value)
@@ -221,7 +238,8 @@ def run_info(args: argparse.Namespace) -> dict[str, Any]:
     return {"example": "covid_qu_seg", "task": args.task, "masks": MASK_FOLDERS[args.task],
             "image_size": args.size,
             "data": "phantom" if args.data_root is None else "COVID-QU-Ex",
-            "preset": preset_of(args)}
+            "preset": preset_of(args), "augment": bool(args.augment),
+            "holdout": {"n": args.holdout, "seed": args.seed}}
 
 
 def preset_of(args: argparse.Namespace) -> str:
@@ -249,7 +267,18 @@ def load_data(args: argparse.Namespace, split: str = "Val") -> tuple[
     val = CovidQUDataset(args.data_root, split=split, task=args.task, size=args.size,
                          progress=progress)
     n_train = f"{len(train)} train / " if train is not None else ""
+    if train is not None and args.holdout:
+        n_train = f"{len(train) - args.holdout} train + {args.holdout} held out / "
     return train, val, f"COVID-QU-Ex at {val.split_root}: {n_train}{len(val)} {split}"
+
+
+def carve_holdout(args: argparse.Namespace, train: SegmentationDataset, val: SegmentationDataset
+                  ) -> tuple[SegmentationDataset, SegmentationDataset]:
+    """``(train, tune)``: ``--holdout`` Train images set aside (seeded by ``--seed``) for the
+    per-epoch scores; without a holdout, the validation cases (the phantom's default)."""
+    if not args.holdout:
+        return train, val
+    return train.hold_out(args.holdout, args.seed)
 
 
 # ----------------------------------------------------------------------------- model
@@ -350,6 +379,8 @@ def train_and_evaluate(args: argparse.Namespace, out: Path, train_ds: Segmentati
     model.to(device)
     precision = devices.default_precision(device) if args.precision == "auto" else args.precision
     epochs = args.epochs if args.epochs is not None else (40 if args.data_root is not None else 6)
+    train_ds, tune_ds = carve_holdout(args, train_ds, val_ds)
+    tune_name = "held-out Train" if args.holdout else "val"
     steps_per_epoch = len(train_ds) // args.batch_size
     if steps_per_epoch < 1:
         raise ValueError(
@@ -359,9 +390,11 @@ def train_and_evaluate(args: argparse.Namespace, out: Path, train_ds: Segmentati
         lr=args.lr, warmup_steps=min(args.warmup, total // 10), lr_schedule="cosine",
         min_lr=args.lr * 0.05, max_steps=total, batch_size=args.batch_size,
         ema_decay=args.ema_decay, precision=precision, seed=args.seed,
+        aux_loss=None if args.aux_loss == "none" else args.aux_loss, aux_weight=args.aux_weight,
+        aux_weighting=args.aux_weighting,
     )
     host = sg.HostOptions(
-        compile=args.compile, channels_last=device.type == "cuda",
+        compile=args.compile, channels_last=True,  # also ~15 % faster on CPU (oneDNN)
         checkpoint_every=steps_per_epoch, keep_last=2, log_every=max(1, steps_per_epoch // 4),
         progress=progress,
     )
@@ -374,7 +407,7 @@ def train_and_evaluate(args: argparse.Namespace, out: Path, train_ds: Segmentati
         print(f"resumed from step {trainer.global_step} (epoch {trainer.epoch}), "
               f"run {trainer.run_id}")
     train_ds.set_epoch(trainer.epoch)
-    epoch_idx = random_subset(len(val_ds), args.epoch_eval_samples, args.seed + 1)
+    epoch_idx = random_subset(len(tune_ds), args.epoch_eval_samples, args.seed + 1)
     eval_idx = random_subset(len(val_ds), args.eval_samples, args.seed)
 
     def on_epoch_end(tr: sg.Trainer, epoch: int) -> dict[str, Any] | None:
@@ -385,7 +418,7 @@ def train_and_evaluate(args: argparse.Namespace, out: Path, train_ds: Segmentati
         last = tr.global_step >= total
         if (epoch + 1) % args.eval_every and not last:
             return None
-        metrics, _ = run_segmentation(tr.ema_model, val_ds, epoch_idx, args,
+        metrics, _ = run_segmentation(tr.ema_model, tune_ds, epoch_idx, args,
                                       steps=args.epoch_eval_steps, ensemble=1,
                                       progress=progress and tr.is_main, desc="epoch eval")
         row = {"epoch": epoch, "step": tr.global_step, **metrics["all"]}
@@ -395,7 +428,7 @@ def train_and_evaluate(args: argparse.Namespace, out: Path, train_ds: Segmentati
         extra = "".join(f", {k[:-5]} {v:.4f}" for k, v in row.items() if k.endswith("_dice"))
         if tr.is_main:  # its own line, above the training bar
             tqdm.write(f"epoch {epoch:3d} step {tr.global_step:6d}  loss {tr.last_loss:.4f}  "
-                       f"val Dice {row['dice']:.4f}{extra} ({len(epoch_idx)} images, "
+                       f"{tune_name} Dice {row['dice']:.4f}{extra} ({len(epoch_idx)} images, "
                        f"{args.epoch_eval_steps} {args.sampler} steps)")
         return {"epoch_eval": row}
 

@@ -16,7 +16,7 @@ from scoregen.likelihood import (
     log_prob,
     log_prob_with_info,
 )
-from scoregen.losses import dsm_loss, sample_times
+from scoregen.losses import AUX_LOSSES, AUX_WEIGHTINGS, dsm_loss, sample_times
 from scoregen.model import PREDICTIONS, ScoreModel
 from scoregen.nn import UNET_PRESETS, UNet, UNetConfig
 from scoregen.samplers import SAMPLERS, SampleResult, sample, sample_with_info, time_grid
@@ -44,7 +44,7 @@ __version__ = "0.1.0"
 __all__ = [
     "SDE", "VPSDE", "SubVPSDE", "VESDE",
     "ScoreModel", "PREDICTIONS",
-    "dsm_loss", "sample_times",
+    "dsm_loss", "sample_times", "AUX_LOSSES", "AUX_WEIGHTINGS",
     "sample", "sample_with_info", "SampleResult", "SAMPLERS", "time_grid",
     "log_likelihood", "log_prob", "log_prob_with_info", "LogProbResult", "dequantize",
     "GaussianMixture", "ring_mixture",

@@ -77,7 +77,8 @@ def test_checkpoints_carry_the_run_info_evaluate_needs(trained):
     _, out, _ = trained
     info = load_checkpoint(latest_checkpoint(out / "checkpoints")).run_info
     assert info == {"example": "covid_qu_seg", "task": "infection", "masks": "infection masks",
-                    "image_size": 16, "data": "phantom", "preset": "tiny"}
+                    "image_size": 16, "data": "phantom", "preset": "tiny", "augment": False,
+                    "holdout": {"n": 0, "seed": 0}}
 
 
 def test_epoch_summaries_are_lines_of_their_own(trained):

@@ -228,3 +228,47 @@ def test_dsm_loss_of_an_empty_batch_is_refused():
         sg.dsm_loss(model, torch.zeros(0, 2))
     with pytest.raises(ValueError, match=r"got shape \(3, 0\)"):
         sg.dsm_loss(model, torch.zeros(3, 0))
+
+
+def test_binary_mask_loss_matches_hand_computed_dice_and_bce():
+    from scoregen.losses import binary_mask_loss
+
+    x0 = torch.tensor([[1.0, 1.0, -1.0, -1.0]])  # mask m = 1 1 0 0
+    x0_hat = torch.tensor([[0.0, 1.0, -1.0, 0.0]])  # p = 0.5 1 0 0.5 (clamped to [1e-4, 1-1e-4])
+    p = torch.tensor([0.5, 1 - 1e-4, 1e-4, 0.5])
+    m = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    dice = 1 - (2 * (p * m).sum() + 1) / (p.sum() + m.sum() + 1)
+    bce = -(m * p.log() + (1 - m) * (1 - p).log()).mean()
+    assert torch.allclose(binary_mask_loss(x0_hat, x0), (dice + bce).reshape(1))
+    perfect = binary_mask_loss(x0, x0)
+    assert float(perfect) < 1e-3  # a perfect mask costs (almost) nothing
+
+
+@pytest.mark.parametrize("prediction", ["x0", "eps", "v"])
+def test_dsm_loss_aux_term_is_added_with_alpha_squared_weight(prediction):
+    from scoregen.losses import binary_mask_loss
+
+    torch.manual_seed(0)
+    sde = sg.VPSDE.ddpm(num_steps=100)
+
+    class Net(torch.nn.Module):
+        def forward(self, x, t, cond=None):
+            return 0.3 * x
+
+    model = sg.ScoreModel(Net(), sde, prediction)
+    x0 = torch.randint(0, 2, (4, 1, 4, 4)).float() * 2 - 1
+    t = torch.tensor([0.1, 0.3, 0.6, 0.9])
+    noise = torch.randn_like(x0)
+    base = sg.dsm_loss(model, x0, t=t, noise=noise, reduction="none")
+    both = sg.dsm_loss(model, x0, t=t, noise=noise, reduction="none", aux="dice_bce",
+                       aux_weight=0.5)
+    alpha, sigma = model.coeffs(t, x0)
+    x_t = alpha * x0 + sigma * noise
+    _, x0_hat = model.convert(0.3 * x_t, x_t, alpha, sigma)
+    expected = base + 0.5 * alpha.flatten() ** 2 * binary_mask_loss(x0_hat, x0)
+    assert torch.allclose(both, expected, atol=1e-6)
+    uniform = sg.dsm_loss(model, x0, t=t, noise=noise, reduction="none", aux="dice_bce",
+                          aux_weighting="uniform")
+    assert torch.allclose(uniform, base + binary_mask_loss(x0_hat, x0), atol=1e-6)
+    with pytest.raises(ValueError, match="aux must be None or one of"):
+        sg.dsm_loss(model, x0, aux="dice")

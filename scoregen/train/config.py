@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from scoregen.losses import WEIGHTINGS
+from scoregen.losses import AUX_LOSSES, AUX_WEIGHTINGS, WEIGHTINGS
 
 __all__ = ["TrainConfig", "HostOptions", "PRECISIONS", "LR_SCHEDULES", "plain_model_config",
            "plain_run_info"]
@@ -103,6 +103,9 @@ class TrainConfig:
     precision: str = "fp32"  # "fp32", "bf16" (autocast) or "fp16" (autocast + GradScaler)
     p_uncond: float = 0.0  # classifier-free guidance: P(cond replaced by zeros)
     weighting: str | None = None  # dsm_loss weighting: None (its default), "simple", "sigma2"
+    aux_loss: str | None = None  # dsm_loss aux: None or "dice_bce" (masks in {-1, +1})
+    aux_weight: float = 1.0
+    aux_weighting: str = "alpha2"  # "alpha2" (alpha(t)^2) or "uniform"
     discrete: bool | None = None  # DDPM integer times; None: when the SDE has num_steps
     seed: int = 0  # seeds the data order and the per-step noise
 
@@ -132,6 +135,11 @@ class TrainConfig:
         check(self.grad_clip is None or self.grad_clip > 0, "grad_clip", "None or > 0")
         check(0 <= self.ema_decay < 1, "ema_decay", "in [0, 1)")
         check(0 <= self.p_uncond <= 1, "p_uncond", "in [0, 1]")
+        check(self.aux_loss is None or self.aux_loss in AUX_LOSSES, "aux_loss",
+              f"None or one of {AUX_LOSSES}")
+        check(_is_finite_number(self.aux_weight) and self.aux_weight >= 0, "aux_weight",
+              "a finite number >= 0")
+        check(self.aux_weighting in AUX_WEIGHTINGS, "aux_weighting", f"one of {AUX_WEIGHTINGS}")
         check(self.weighting is None or self.weighting in WEIGHTINGS, "weighting",
               f"None or one of {WEIGHTINGS} (callables cannot be saved in a config)")
 

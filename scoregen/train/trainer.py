@@ -219,7 +219,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast:
             loss = dsm_loss(self._train_model, x0, cond, t=t, noise=noise,
-                            weighting=cfg.weighting)
+                            weighting=cfg.weighting, aux=cfg.aux_loss,
+                            aux_weight=cfg.aux_weight, aux_weighting=cfg.aux_weighting)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         loss_v, norm_v = host_values(loss, grad_norm(self.model, cfg.grad_clip),
