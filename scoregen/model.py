@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from scoregen.broadcast import append_dims, as_batch_times
+from scoregen.nn.conditioning import EncodedCondition
 from scoregen.sde import SDE
 
 __all__ = ["ScoreModel", "PREDICTIONS", "Prediction"]
@@ -44,6 +45,15 @@ def _check_guidance_scale(w: object) -> None:
         raise TypeError(f"guidance_scale must be a number or None, got {w!r}")
     if not math.isfinite(w):
         raise ValueError(f"guidance_scale must be finite (or None), got {w!r}")
+
+
+def _refuse_encoded_guidance(w: float) -> None:
+    """Guidance evaluates the net on the zeros image; an encoded condition cannot give it."""
+    raise ValueError(
+        f"classifier-free guidance (guidance_scale={w}) needs the raw condition image for "
+        f"its unconditional branch (the net on zeros); an EncodedCondition holds only "
+        f"G(cond): pass cond as a tensor"
+    )
 
 
 class ScoreModel(nn.Module):
@@ -102,16 +112,20 @@ class ScoreModel(nn.Module):
         call: one host sync, not one per network call).
         """
         _check_guidance_scale(self.guidance_scale)  # may have been set after __init__
+        if isinstance(cond, EncodedCondition) and self.guidance_scale not in (None, 1):
+            _refuse_encoded_guidance(self.guidance_scale)
         if cond is not None:
-            if not torch.is_tensor(cond):
-                raise TypeError(f"cond must be a tensor or None, got {type(cond).__name__}")
+            tensor = cond.features if isinstance(cond, EncodedCondition) else cond
+            if not torch.is_tensor(tensor):
+                raise TypeError(f"cond must be a tensor, an EncodedCondition or None, got "
+                                f"{type(cond).__name__}")
             if cond.ndim == 0 or cond.shape[0] != x.shape[0]:
                 raise ValueError(
                     f"cond must have the batch size of x ({x.shape[0]}) in its first dim; "
                     f"got cond of shape {tuple(cond.shape)} for x of shape {tuple(x.shape)}"
                 )
-            if (cond.is_floating_point() or cond.is_complex()) and not bool(
-                    torch.isfinite(cond).all()):
+            if (tensor.is_floating_point() or tensor.is_complex()) and not bool(
+                    torch.isfinite(tensor).all()):
                 raise ValueError("cond contains non-finite values (nan or inf); a condition "
                                  "must be finite (it would turn every sample into nan)")
         net_check = getattr(self.net, "check_cond", None)
@@ -128,6 +142,8 @@ class ScoreModel(nn.Module):
         w = self.guidance_scale
         if cond is None or w is None or w == 1:
             return self.net(x, t, cond)
+        if isinstance(cond, EncodedCondition):
+            _refuse_encoded_guidance(w)
         uncond = torch.zeros_like(cond)
         if w == 0:
             return self.net(x, t, uncond)

@@ -240,3 +240,99 @@ def test_p_uncond_drops_whole_conditions_in_the_trainer(tmp_path):
     assert 16 <= int(half.sum()) <= 48  # Binomial(64, 0.5): mean 32, sd 4
     torch.testing.assert_close(dropped_rows(tmp_path, 0.5), half)  # a function of (seed, step)
     assert not torch.equal(dropped_rows(tmp_path, 0.5, seed=1), half)
+
+
+# --------------------------------------------------------------------------- encoded condition
+def count_encoder_calls(net: sg.UNet) -> list[int]:
+    """A counter of SegDiff's condition encoder G (``cond_mode="add"``)."""
+    calls = [0]
+    net.stem.encoder.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("name", ["ddim", "ancestral", "dpmpp_2m"])
+def test_an_encoded_condition_gives_the_same_samples_with_one_encoder_call(name: str):
+    net = make_unet("add")
+    encoder_calls = count_encoder_calls(net)
+    model = sg.ScoreModel(net, sg.VPSDE())
+    _, cond = inputs()
+
+    def draw(c) -> Tensor:
+        gen = torch.Generator().manual_seed(3)
+        return sg.sample(model, (BATCH, 1, SIZE, SIZE), name, cond=c, generator=gen, steps=3)
+
+    with torch.no_grad():
+        raw = draw(cond)
+        raw_calls = encoder_calls[0]
+        encoded = net.encode_condition(cond)
+        assert isinstance(encoded, sg.nn.EncodedCondition)
+        assert encoded.shape == (BATCH, net.config.level_channels[0], SIZE, SIZE)
+        fast = draw(encoded)
+    assert raw_calls >= 3  # G runs at every network call on the raw image
+    assert encoder_calls[0] - raw_calls == 1  # ...and once with the encoding
+    torch.testing.assert_close(fast, raw, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(draw(net.encode_condition(cond + 1.0)), raw)  # it is used
+
+
+@pytest.mark.parametrize("cond_mode", ["concat", None])
+def test_encoding_passes_the_condition_through_where_there_is_no_encoder(cond_mode):
+    net = make_unet(cond_mode)
+    _, cond = inputs()
+    given = cond if cond_mode else None
+    assert net.encode_condition(given) is given
+
+
+BAD_ENCODED = {
+    # id: (cond_mode of the net, features shape, error regex)
+    "batch": ("add", (BATCH + 1, 8, SIZE, SIZE), r"batch size of x \(2\)"),
+    "width": ("add", (BATCH, 4, SIZE, SIZE), r"features must have shape \(B, C_0, H, W\) = "
+                                             r"\(2, 8, 16, 16\)"),
+    "size": ("add", (BATCH, 8, SIZE // 2, SIZE // 2), r"features must have shape"),
+    "concat-net": ("concat", (BATCH, 8, SIZE, SIZE), r"only fits cond_mode='add'"),
+    "unconditional-net": (None, (BATCH, 8, SIZE, SIZE), r"only fits cond_mode='add'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ENCODED))
+def test_a_wrong_encoded_condition_is_refused_before_the_sampler_moves(case: str):
+    cond_mode, shape, message = BAD_ENCODED[case]
+    net = make_unet(cond_mode)
+    assert net.config.level_channels[0] == 8  # the width the regexes name
+    convs = count_stem_convs(net)
+    bad = sg.nn.EncodedCondition(torch.randn(shape))
+    with pytest.raises(ValueError, match=message):
+        sg.sample(sg.ScoreModel(net, sg.VPSDE()), (BATCH, 1, SIZE, SIZE), "ddim", steps=2,
+                  cond=bad)
+    assert convs[0] == 0
+
+
+@pytest.mark.parametrize("cond, error, message", [
+    (torch.randn(BATCH, 2, SIZE, SIZE), ValueError, r"2 channels but cond_channels=1"),
+    (torch.randn(BATCH, 1, 10, 10), ValueError, r"divisible by"),
+    (torch.randn(BATCH, SIZE, SIZE), ValueError, r"\(B, cond_channels=1, H, W\) tensor"),
+    (torch.zeros(BATCH, 1, SIZE, SIZE, dtype=torch.long), TypeError, r"floating-point"),
+], ids=["channels", "size", "rank", "dtype"])
+def test_encode_condition_validates_the_image(cond, error, message):
+    with pytest.raises(error, match=message):
+        make_unet("add").encode_condition(cond)
+
+
+def test_encoded_condition_needs_a_4d_float_tensor():
+    with pytest.raises(TypeError, match=r"floating-point \(B, C_0, H, W\)"):
+        sg.nn.EncodedCondition(torch.zeros(2, 8, 16))
+
+
+@pytest.mark.parametrize("scale", [0.0, 3.0])
+def test_guidance_with_an_encoded_condition_is_refused_clearly(scale: float):
+    net = make_unet("add")
+    _, cond = inputs()
+    model = sg.ScoreModel(net, sg.VPSDE(), guidance_scale=scale)
+    encoded = net.encode_condition(cond)
+    with pytest.raises(ValueError, match=r"guidance .* needs the raw condition image"):
+        sg.sample(model, (BATCH, 1, SIZE, SIZE), "ddim", steps=2, cond=encoded)
+    x, _ = inputs()
+    with pytest.raises(ValueError, match=r"guidance .* needs the raw condition image"):
+        model(x, torch.full((BATCH,), 0.5), encoded)  # a direct call too
+    model.guidance_scale = 1.0  # plain conditional: allowed
+    assert sg.sample(model, (BATCH, 1, SIZE, SIZE), "ddim", steps=2, cond=encoded).shape == (
+        BATCH, 1, SIZE, SIZE)

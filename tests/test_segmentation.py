@@ -123,3 +123,97 @@ def test_the_progress_bar_moves_with_every_sampler_step(monkeypatch, sampler, st
     if steps:
         assert bar.positions[0] == pytest.approx(6 / steps)
     assert seen  # a callback the caller passed still runs
+
+
+# --------------------------------------------------------------------------- one generator per mask
+def _noisy(x, t, cond):
+    """An x0-net whose answer depends on x_t, so every noise draw changes the mask."""
+    return _oracle(x, t, cond) + 2.5 * torch.sin(50 * x)
+
+
+#: (sampler, options): stochastic (fresh noise at every step) and deterministic (x_T only)
+PER_SAMPLE = {"ddim-eta": ("ddim", {"steps": 6, "eta": 1.0}),
+              "ancestral": ("ancestral", {"steps": 6}),
+              "ddim": ("ddim", {"steps": 6})}
+
+
+@pytest.mark.parametrize("case", list(PER_SAMPLE))
+def test_masks_do_not_change_with_batch_size(case):
+    sampler, opts = PER_SAMPLE[case]
+    images, _ = _images(n=7)
+    model = sg.ScoreModel(_noisy, sg.VPSDE.ddpm(), prediction="x0")
+    one = segment(model, images, sampler=sampler, ensemble=2, batch_size=1, seed=5, **opts)
+    seven = segment(model, images, sampler=sampler, ensemble=2, batch_size=7, seed=5, **opts)
+    three = segment(model, images, sampler=sampler, ensemble=2, batch_size=3, seed=5, **opts)
+    assert one.samples.std() > 0.1  # the masks are noise-dependent, so this means something
+    torch.testing.assert_close(seven.samples, one.samples, rtol=0, atol=0)
+    torch.testing.assert_close(three.samples, one.samples, rtol=0, atol=0)
+    # image i's masks do not depend on the images after it (i is its index in images)
+    first = segment(model, images[:3], sampler=sampler, ensemble=2, seed=5, **opts)
+    torch.testing.assert_close(first.samples, one.samples[:, :3], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", list(PER_SAMPLE))
+def test_the_first_members_of_a_larger_ensemble_are_the_smaller_ensemble(case):
+    sampler, opts = PER_SAMPLE[case]
+    images, _ = _images(n=3)
+    model = sg.ScoreModel(_noisy, sg.VPSDE.ddpm(), prediction="x0")
+    k2 = segment(model, images, sampler=sampler, ensemble=2, seed=11, **opts)
+    k4 = segment(model, images, sampler=sampler, ensemble=4, seed=11, batch_size=2, **opts)
+    torch.testing.assert_close(k4.samples[:2], k2.samples, rtol=0, atol=0)
+    assert not torch.allclose(k4.samples[2], k4.samples[0])  # members differ from each other
+
+
+def test_the_seed_or_the_generator_fixes_the_masks():
+    images, _ = _images(n=3)
+    model = sg.ScoreModel(_noisy, sg.VPSDE.ddpm(), prediction="x0")
+
+    def run(**kw):
+        return segment(model, images, steps=4, ensemble=2, **kw).samples
+
+    assert torch.equal(run(seed=1), run(seed=1)) and not torch.equal(run(seed=1), run(seed=2))
+    gen_a = run(generator=torch.Generator().manual_seed(0))
+    assert torch.equal(gen_a, run(generator=torch.Generator().manual_seed(0)))
+    g = torch.Generator().manual_seed(0)
+    assert not torch.equal(run(generator=g), run(generator=g))  # the generator advances
+    with pytest.raises(TypeError, match="seed must be an int"):
+        run(seed=1.5)
+
+
+# --------------------------------------------------------------------------- encode once
+def _unet_model(cond_mode):
+    torch.manual_seed(0)
+    config = sg.UNetConfig.from_preset("tiny", cond_mode=cond_mode, cond_channels=1)
+    return sg.ScoreModel(sg.UNet(config).eval(), sg.VPSDE.ddpm(), prediction="x0")
+
+
+@pytest.mark.parametrize("cond_mode", ["add", "concat"])
+def test_segment_gives_the_same_masks_with_the_encoded_condition(cond_mode):
+    images, _ = _images(n=3, size=16)
+    model = _unet_model(cond_mode)
+    kw = dict(steps=4, ensemble=2, batch_size=2, seed=3)
+    fast = segment(model, images, **kw)
+    slow = segment(model, images, encode_condition=False, **kw)
+    torch.testing.assert_close(fast.samples, slow.samples, rtol=1e-5, atol=1e-5)
+    assert fast.samples.std() > 0.01  # not a constant net
+
+
+@pytest.mark.parametrize("encode, calls", [(True, 2), (False, 2 * 4)], ids=["encoded", "raw"])
+def test_segment_encodes_each_batch_once(encode, calls):
+    images, _ = _images(n=3, size=16)  # batch_size 2: two sampler calls of 4 steps
+    model = _unet_model("add")
+    seen = []
+    model.net.stem.encoder.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    segment(model, images, steps=4, ensemble=3, batch_size=2, seed=0, encode_condition=encode)
+    assert len(seen) == calls
+    if encode:
+        assert seen == [2, 1]  # the b images, not the K * b repeated conditions
+
+
+def test_segment_with_guidance_falls_back_to_the_raw_condition():
+    images, _ = _images(n=2, size=16)
+    model = _unet_model("add")
+    model.guidance_scale = 2.0
+    kw = dict(steps=3, ensemble=2, seed=4)
+    torch.testing.assert_close(segment(model, images, **kw).samples,
+                               segment(model, images, encode_condition=False, **kw).samples)

@@ -2,7 +2,13 @@
 
 from .attention import Attention, LinearAttention
 from .blocks import ResBlock
-from .conditioning import COND_MODES, ConditionalStem, ConditionEncoder, prepare_condition
+from .conditioning import (
+    COND_MODES,
+    ConditionalStem,
+    ConditionEncoder,
+    EncodedCondition,
+    prepare_condition,
+)
 from .embedding import TimestepEmbedding, sinusoidal_embedding
 from .unet import UNET_PRESETS, UNet, UNetConfig
 
@@ -12,6 +18,7 @@ __all__ = [
     "Attention",
     "ConditionEncoder",
     "ConditionalStem",
+    "EncodedCondition",
     "LinearAttention",
     "ResBlock",
     "TimestepEmbedding",

@@ -14,18 +14,66 @@ A missing condition (``cond=None`` given to a conditional network) is the all-ze
 image, so ``net(x, t, None) == net(x, t, zeros)``: classifier-free guidance (Ho &
 Salimans 2022, arXiv:2207.12598) trains the "unconditional" branch by zeroing the
 condition, which the loss does, not this module.
+
+Encoding once per sampling call: in ``"add"`` mode G(I) does not depend on ``x_t`` or
+``t``, yet a sampler calls the net once per step, so G would run ``steps`` times on the
+same image. :meth:`scoregen.nn.UNet.encode_condition` computes G(I) once and wraps it in
+an :class:`EncodedCondition`, which the stem takes in place of ``cond`` and adds as is.
+An encoded condition is the conditional branch only: classifier-free guidance needs
+G(0) for its unconditional branch and therefore the raw image (ScoreModel refuses it).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["COND_MODES", "ConditionEncoder", "ConditionalStem", "prepare_condition"]
+__all__ = ["COND_MODES", "ConditionEncoder", "ConditionalStem", "EncodedCondition",
+           "prepare_condition"]
 
 #: Valid values of ``cond_mode``.
 COND_MODES: tuple[str | None, ...] = (None, "concat", "add")
+
+
+@dataclass(frozen=True)
+class EncodedCondition:
+    """A condition already mapped by SegDiff's encoder: ``features = G(I)``.
+
+    ``features: (B, C_0, H, W)``, C_0 the U-Net's first width. Made by
+    :meth:`scoregen.nn.UNet.encode_condition`; pass it as ``cond`` to the net or to
+    :func:`scoregen.sample` and the stem computes ``F(x_t) + features`` without running G.
+    Only for ``cond_mode="add"``; it has no unconditional branch (see the module docstring).
+    """
+
+    features: Tensor
+
+    def __post_init__(self) -> None:
+        f = self.features
+        if not isinstance(f, Tensor) or not f.is_floating_point() or f.ndim != 4:
+            got = (f"{tuple(f.shape)} {f.dtype}" if isinstance(f, Tensor)
+                   else type(f).__name__)
+            raise TypeError(
+                f"EncodedCondition.features must be a floating-point (B, C_0, H, W) "
+                f"tensor; got {got}"
+            )
+
+    @property
+    def shape(self) -> torch.Size:
+        """``features.shape``: (B, C_0, H, W)."""
+        return self.features.shape
+
+    @property
+    def ndim(self) -> int:
+        """4, the rank of ``features``."""
+        return self.features.ndim
+
+    def repeat(self, times: int) -> EncodedCondition:
+        """The batch repeated ``times`` times, ``(times * B, C_0, H, W)``: row ``k * B + j``
+        is image ``j`` (like ``cond.repeat(times, 1, 1, 1)`` for an ensemble)."""
+        return EncodedCondition(self.features.repeat(times, 1, 1, 1))
 
 
 def check_cond_mode(cond_mode: str | None, cond_channels: int) -> None:
@@ -44,14 +92,23 @@ def check_cond_mode(cond_mode: str | None, cond_channels: int) -> None:
 
 
 def prepare_condition(
-    cond: Tensor | None, x: Tensor, *, cond_channels: int, cond_mode: str | None
-) -> Tensor | None:
+    cond: Tensor | EncodedCondition | None,
+    x: Tensor,
+    *,
+    cond_channels: int,
+    cond_mode: str | None,
+    encoded_channels: int | None = None,
+) -> Tensor | EncodedCondition | None:
     """Validate ``cond: (B, cond_channels, H, W)`` against ``x: (B, C, H, W)``.
 
     Returns ``None`` for an unconditional network, zeros of the right shape when a
     conditional network gets ``cond=None``, else ``cond`` cast to ``x``'s device and dtype.
+    An :class:`EncodedCondition` (``cond_mode="add"`` only) must have features of shape
+    ``(B, encoded_channels, H, W)``; it is returned with its features cast likewise.
     """
     batch, _, height, width = x.shape
+    if isinstance(cond, EncodedCondition):
+        return _prepare_encoded(cond, x, cond_mode=cond_mode, channels=encoded_channels)
     expected = f"(B, cond_channels, H, W) = ({batch}, {cond_channels}, {height}, {width})"
     if cond_mode is None:
         if cond is not None:
@@ -87,6 +144,29 @@ def prepare_condition(
             f"({height}, {width}); cond must have shape {expected}, got {tuple(cond.shape)}"
         )
     return cond.to(device=x.device, dtype=x.dtype)
+
+
+def _prepare_encoded(
+    cond: EncodedCondition, x: Tensor, *, cond_mode: str | None, channels: int | None
+) -> EncodedCondition:
+    """Check an encoded condition's features against ``x`` (see :func:`prepare_condition`)."""
+    if cond_mode != "add":
+        raise ValueError(
+            f"an EncodedCondition is SegDiff's G(I) and only fits cond_mode='add'; this "
+            f"network has cond_mode={cond_mode!r}: pass the condition image as a tensor"
+        )
+    batch, _, height, width = x.shape
+    f = cond.features
+    expected = f"(B, C_0, H, W) = ({batch}, {channels}, {height}, {width})"
+    if f.shape[0] != batch or (channels is not None and f.shape[1] != channels) or tuple(
+            f.shape[-2:]) != (height, width):
+        raise ValueError(
+            f"encoded condition features must have shape {expected} (batch of x, the "
+            f"stem's width, x's size); got {tuple(f.shape)}"
+        )
+    if f.device == x.device and f.dtype == x.dtype:
+        return cond
+    return EncodedCondition(f.to(device=x.device, dtype=x.dtype))
 
 
 class _EncoderBlock(nn.Module):
@@ -152,6 +232,7 @@ class ConditionalStem(nn.Module):
         super().__init__()
         check_cond_mode(cond_mode, cond_channels)
         self.in_channels = in_channels
+        self.out_channels = out_channels
         self.cond_channels = cond_channels
         self.cond_mode = cond_mode
         conv_in = in_channels + cond_channels if cond_mode == "concat" else in_channels
@@ -162,10 +243,24 @@ class ConditionalStem(nn.Module):
             else None
         )
 
-    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
-        c = prepare_condition(
-            cond, x, cond_channels=self.cond_channels, cond_mode=self.cond_mode
-        )  # (B, C_cond, H, W) or None
+    def prepare(
+        self, x: Tensor, cond: Tensor | EncodedCondition | None
+    ) -> Tensor | EncodedCondition | None:
+        """:func:`prepare_condition` with this stem's channels (and width, if encoded)."""
+        return prepare_condition(cond, x, cond_channels=self.cond_channels,
+                                 cond_mode=self.cond_mode, encoded_channels=self.out_channels)
+
+    def encode(self, cond: Tensor) -> EncodedCondition:
+        """``G(cond)`` wrapped, for ``cond_mode="add"``; ``cond`` already validated."""
+        if self.encoder is None:
+            raise ValueError(f"only cond_mode='add' has a condition encoder; this stem has "
+                             f"cond_mode={self.cond_mode!r}")
+        return EncodedCondition(self.encoder(cond))  # (B, C0, H, W)
+
+    def forward(self, x: Tensor, cond: Tensor | EncodedCondition | None = None) -> Tensor:
+        c = self.prepare(x, cond)  # (B, C_cond, H, W), EncodedCondition or None
+        if isinstance(c, EncodedCondition):
+            return self.conv(x) + c.features  # F(x_t) + G(I), G(I) precomputed: (B, C0, H, W)
         if self.cond_mode == "concat":
             return self.conv(torch.cat([x, c], dim=1))  # (B, C0, H, W)
         if self.cond_mode == "add":

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from .attention import Attention, LinearAttention
 from .blocks import ResBlock
-from .conditioning import ConditionalStem, check_cond_mode, prepare_condition
+from .conditioning import ConditionalStem, EncodedCondition, check_cond_mode
 from .embedding import TimestepEmbedding
 
 __all__ = ["UNET_PRESETS", "UNet", "UNetConfig"]
@@ -439,11 +439,42 @@ class UNet(nn.Module):
         ``meta`` device). Samplers call it through ``ScoreModel.check_cond`` before they
         draw any noise, so a wrong condition fails before the first step."""
         self._check_inputs(x, 0.0)
-        prepare_condition(cond, x, cond_channels=self.config.cond_channels,
-                          cond_mode=self.config.cond_mode)
+        self.stem.prepare(x, cond)
 
-    def forward(self, x: Tensor, t: Tensor | float, cond: Tensor | None = None) -> Tensor:
-        """``x: (B, C_in, H, W), t: (B,), cond: (B, C_cond, H, W) | None`` -> (B, C_out, H, W)."""
+    def encode_condition(self, cond: Tensor | None) -> Tensor | EncodedCondition | None:
+        """The condition as the stem will use it at every step, computed once.
+
+        ``cond: (B, cond_channels, H, W)``. ``cond_mode="add"``: SegDiff's ``G(cond)`` as an
+        :class:`~scoregen.nn.conditioning.EncodedCondition` of features ``(B, C_0, H, W)``;
+        ``net(x, t, encoded)`` equals ``net(x, t, cond)`` without running G. ``"concat"``
+        (nothing to encode) and ``None`` (unconditional; ``cond`` must be None): ``cond``
+        is returned unchanged. ``cond`` is validated as :meth:`check_cond` would.
+        """
+        c = self.config
+        if isinstance(cond, EncodedCondition):
+            raise TypeError("cond is already an EncodedCondition; pass the condition image")
+        if c.cond_mode != "add" or cond is None:
+            # concat / unconditional: nothing to precompute; None stays the zeros image
+            if c.cond_mode is None and cond is not None:
+                self.stem.prepare(torch.empty(1, c.in_channels, 1, 1, device="meta"), cond)
+            return cond
+        if not isinstance(cond, Tensor) or cond.ndim != 4:
+            got = tuple(cond.shape) if isinstance(cond, Tensor) else type(cond).__name__
+            raise ValueError(
+                f"encode_condition: cond must be a (B, cond_channels={c.cond_channels}, H, W) "
+                f"tensor; got {got}"
+            )
+        probe = torch.empty(cond.shape[0], c.in_channels, *cond.shape[-2:], device="meta")
+        self.check_cond(probe, cond)  # channels, size (multiple of the downsampling), dtype
+        weight = self.out_conv.weight
+        return self.stem.encode(cond.to(device=weight.device, dtype=weight.dtype))
+
+    def forward(
+        self, x: Tensor, t: Tensor | float, cond: Tensor | EncodedCondition | None = None
+    ) -> Tensor:
+        """``x: (B, C_in, H, W), t: (B,), cond: (B, C_cond, H, W) | None`` -> (B, C_out, H, W).
+
+        ``cond`` may also be :meth:`encode_condition`'s output (then G does not run)."""
         t = self._check_inputs(x, t)  # (B,)
         emb = self.time_embed(t)  # (B, E)
         h = x.to(self.out_conv.weight.dtype)  # (B, C_in, H, W)

@@ -7,10 +7,18 @@ ensemble), maps them to [0, 1] and fuses them (:mod:`scoregen.segmentation.ensem
 confusion matrix over all evaluated images ("micro"), threshold 0.5, plus per-image
 mean Dice (:mod:`scoregen.segmentation.metrics`), optionally per subgroup of images
 (e.g. COVID-19 only for infection masks, see ``shared/reference/seed-notes.md``).
+
+Reproducibility: member ``k`` of image ``i`` (its index in ``images``) is drawn with its
+own generator seeded from ``(seed, i, k)`` (one generator per sample, as EDM does), so a
+mask does not change with ``batch_size``, with ``ensemble`` (the first K members of a
+larger ensemble are the K members of a smaller one) or with the other images.
+The condition is encoded once per batch (:meth:`scoregen.nn.UNet.encode_condition`), not
+at every network call.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -56,6 +64,8 @@ def segment(
     generator: torch.Generator | None = None,
     progress: bool = False,
     desc: str | None = None,
+    seed: int | None = None,
+    encode_condition: bool = True,
     **sampler_options: Any,
 ) -> SegmentationOutput:
     """Generate ``ensemble`` masks per image and fuse them.
@@ -68,10 +78,17 @@ def segment(
         ensemble: K, the number of masks drawn per image.
         fuse_method: ``"mean"``, ``"vote"`` or ``"staple"``.
         batch_size: images per sampler call (each call samples ``K * batch`` masks).
-        generator: makes the noise, hence the masks, reproducible.
+        generator: makes the noise, hence the masks, reproducible: without ``seed``, one
+            seed is drawn from it (advancing it once) and used as ``seed``.
         progress: a tqdm bar in images that moves with every sampler step (a batch of
             ``b`` images over ``S`` steps advances it by ``b / S`` per step).
         desc: the bar's label (default ``segment[sampler]``).
+        seed: member ``k`` of image ``i`` uses a generator seeded from ``(seed, i, k)``
+            alone (module docstring). ``None``: drawn from ``generator``, else from
+            torch's global generator.
+        encode_condition: encode the images once per batch when the net has
+            ``encode_condition`` (the U-Net; SegDiff's G in ``cond_mode="add"``) and no
+            classifier-free guidance is set; ``False`` passes the images as they are.
     """
     if not torch.is_tensor(images) or images.ndim != 4:
         shape = getattr(images, "shape", images)
@@ -82,7 +99,15 @@ def segment(
         raise ValueError(f"fuse_method must be one of {FUSION_METHODS}, got {fuse_method!r}")
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; valid names: {', '.join(SAMPLERS)}")
+    if seed is None:
+        where = generator.device if generator is not None else "cpu"
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=where))
+    elif isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
     device = model.device
+    encoder = getattr(model.net, "encode_condition", None) if encode_condition else None
+    if model.guidance_scale not in (None, 1):
+        encoder = None  # guidance needs the raw image for its unconditional branch
     n, _, h, w = images.shape
     chunks = []
     t0 = time.perf_counter()
@@ -94,13 +119,19 @@ def segment(
     for start in range(0, n, batch_size):
         cond = images[start:start + batch_size].to(device)
         b = cond.shape[0]
-        cond_k = cond.repeat(ensemble, 1, 1, 1)  # (K*b, C, H, W): sample k of image j at k*b+j
+        if callable(encoder):
+            cond = encoder(cond)  # G(I) once per batch; (b, C_0, H, W) wrapped in "add" mode
+        # (K*b, ...): sample k of image j at row k*b+j, drawn with generator (seed, start+j, k)
+        cond_k = cond.repeat(ensemble, 1, 1, 1) if torch.is_tensor(cond) else (
+            cond.repeat(ensemble))
+        gens = [_member_generator(seed, start + j, k, device)
+                for k in range(ensemble) for j in range(b)]
         options = dict(sampler_options)
         if steps is not None:
             options["steps"] = steps
         moved = _StepProgress(bar, b, steps, options) if progress else None
         x = sample(model, (ensemble * b, mask_channels, h, w), sampler, cond=cond_k,
-                   generator=generator, **options)
+                   generator=gens, **options)
         chunks.append(to_unit_interval(x.float()).reshape(ensemble, b, mask_channels, h, w).cpu())
         bar.update(b - (moved.done if moved is not None else 0.0))  # the batch, exactly
     bar.close()
@@ -109,6 +140,15 @@ def segment(
         samples[0] > threshold).float()
     seconds = (time.perf_counter() - t0) / max(n, 1)
     return SegmentationOutput(fused, samples, uncertainty(samples), seconds)
+
+
+def _member_generator(seed: int, image: int, member: int,
+                     device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator of ensemble member ``member`` of image ``image``: seeded with a hash
+    of ``(seed, image, member)`` (BLAKE2b, 63 bits), so distinct triples get unrelated
+    streams and no triple depends on the batch it is sampled in."""
+    digest = hashlib.blake2b(f"{seed}:{image}:{member}".encode(), digest_size=8).digest()
+    return torch.Generator(device=device).manual_seed(int.from_bytes(digest, "big") >> 1)
 
 
 class _StepProgress:
