@@ -78,6 +78,7 @@ from torch import Tensor
 import scoregen as sg
 from scoregen import devices
 from scoregen.plotting import plot_sampler_accuracy
+from scoregen.provenance import git_commit
 
 BUDGETS = (5, 10, 20, 50, 100)
 #: the fast solvers (issue 8): one row per solver x grid x budget
@@ -659,21 +660,6 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     return plot_sampler_accuracy(series, floors, path, max_ratio=PLOT_MAX_RATIO)
 
 
-def _commit() -> str:
-    """The checkout's commit (``+dirty`` with uncommitted changes), or "unknown"."""
-    import subprocess
-
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
-
-
 def _cpu_name() -> str:
     return devices.device_name("cpu")
 
@@ -799,7 +785,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
             "date": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
             "cpu": _cpu_name(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(),
-            "commit": _commit(),
+            "commit": git_commit(__file__),
             "sde": sde_name, "sde_config": sde.to_dict(), "n": args.n,
             "repeats": args.repeats, "projections": args.projections, "refs": args.refs,
             "floor_samples": args.floor_samples, "quick": args.quick,

@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 import scoregen as sg
 from scoregen import devices
 from scoregen.plotting import plot_curves
+from scoregen.provenance import git_commit
 from scoregen.samplers import SPACINGS
 from scoregen.segmentation import (
     MASK_FOLDERS,
@@ -456,7 +457,7 @@ def train_and_evaluate(args: argparse.Namespace, out: Path, train_ds: Segmentati
         "prediction": args.prediction, "steps": trainer.global_step, "epochs": trainer.epoch,
         "train_seconds": round(trainer.train_seconds, 1), "device": str(device),
         "threads": threads, "hardware": devices.describe_device(device),
-        "command": " ".join(sys.argv), "metrics": final,
+        "command": " ".join(sys.argv), "commit": git_commit(__file__), "metrics": final,
         "checkpoint": str(latest_checkpoint(out / "checkpoints")),
         "figures": [str(p) for p in [*figures, loss_png] if p is not None],
     }

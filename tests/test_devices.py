@@ -84,3 +84,11 @@ def test_bad_thread_counts_are_refused(bad):
 
 def test_explicit_thread_counts_pass_through():
     assert resolve_threads(3) == 3
+
+
+def test_git_commit_names_this_checkout_and_unknown_outside_one(tmp_path):
+    from scoregen.provenance import git_commit
+
+    here = git_commit()
+    assert here == "unknown" or len(here.split("+")[0]) >= 7
+    assert git_commit(tmp_path) == "unknown"
