@@ -291,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     train_cfg = ck.train_config or {}
     train_ds, held_ds, val_ds, notes = load_data(args, info)
     budget, budget_source = diffusion_budget(args)
+    other = None  # the second domain, loaded first so a bad folder fails before any work
+    if args.cross_domain is not None:
+        other = CovidQUDataset(args.cross_domain, "Val", task="lung", size=args.size,
+                               progress=progress)
     args.out.mkdir(parents=True, exist_ok=True)
     n_eval = len(val_ds) if args.eval_samples is None else args.eval_samples
     idx = random_subset(len(val_ds), n_eval, args.seed)
@@ -414,9 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         save()
 
     # 4. cross-domain (lung)
-    if args.cross_domain is not None:
-        other = CovidQUDataset(args.cross_domain, "Val", task="lung", size=args.size,
-                               progress=progress)
+    if other is not None:
         o_idx = torch.arange(len(other))
         sampler, steps, k = best["sampler"], best["steps"], best["ensemble"]
         out = run_diffusion(other.images, sampler, steps, k)

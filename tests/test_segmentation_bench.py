@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from scoregen.metrics.calibration import calibration_metrics, fit_temperature, near_mask
-from scoregen.segmentation import PhantomDataset
+from scoregen.segmentation import PhantomDataset, write_phantom_folder
 from scoregen.segmentation.calibration_study import (
     binary_entropy,
     calibration_study,
@@ -43,18 +43,21 @@ def _has_monai() -> bool:
     return importlib.util.find_spec("monai") is not None
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A tiny phantom infection checkpoint of examples/covid_qu_seg.py (3 steps)."""
-    out = tmp_path_factory.mktemp("segbench") / "run"
+def _train_tiny(out: Path, task: str) -> Path:
+    """A tiny phantom checkpoint of examples/covid_qu_seg.py (3 steps)."""
     example = _load("examples/covid_qu_seg.py")
     with contextlib.redirect_stdout(io.StringIO()):
         assert example.main(["--phantom-train", "48", "--phantom-val", "8", "--size", "16",
                              "--batch-size", "16", "--epochs", "1", "--sampling-steps", "1",
                              "--epoch-eval-samples", "4", "--epoch-eval-steps", "1",
-                             "--eval-samples", "8", "--task", "infection", "--out", str(out),
+                             "--eval-samples", "8", "--task", task, "--out", str(out),
                              "--no-progress"]) == 0
     return sorted((out / "checkpoints").glob("*.safetensors"))[-1]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return _train_tiny(tmp_path_factory.mktemp("segbench") / "run", "infection")
 
 
 BENCH = ["--phantom-train", "32", "--phantom-val", "8", "--operating", "ddim:1x1,ddim:2x4,ddim:4x4",
@@ -109,15 +112,24 @@ def test_tables_regenerate_the_markdown_from_the_json(bench_run):
     assert "16 (> limit)" in text and "False positives on empty masks" in text
 
 
-def test_missing_monai_is_skipped_with_one_line(checkpoint, tmp_path, monkeypatch, capsys):
+def test_missing_monai_is_skipped_with_one_line_and_lung_scores_a_second_domain(
+        tmp_path, monkeypatch, capsys):
+    lung = _train_tiny(tmp_path / "lung", "lung")
+    other = write_phantom_folder(tmp_path / "other", 0, 6, size=16, seed=7)
     monkeypatch.setitem(sys.modules, "monai", None)  # import monai -> ImportError
     bench = _load("benchmarks/segmentation.py")
-    assert bench.main(["--checkpoint", str(checkpoint), *BENCH, "--operating", "ddim:1x1",
-                       "--calibration-k", "", "--peer", "monai", "--out", str(tmp_path)]) == 0
+    out = tmp_path / "bench"
+    assert bench.main(["--checkpoint", str(lung), *BENCH, "--operating", "ddim:1x1",
+                       "--calibration-k", "", "--peer", "monai,unet", "--cross-domain",
+                       str(other), "--out", str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "skipped peer 'monai': not installed (pip install -e '.[bench]')" in lines
-    result = json.loads((tmp_path / "segmentation.json").read_text())
-    assert "monai" in result["skipped"] and result["peers"] == {}
+    result = json.loads((out / "segmentation.json").read_text())
+    assert "monai" in result["skipped"] and list(result["peers"]) == ["unet"]
+    cd = result["cross_domain"]
+    assert cd["n_images"] == 6 and list(cd["models"]) == ["diffusion ddim:1x1", "unet"]
+    assert all(0 <= m["dice"] <= 1 for m in cd["models"].values())
+    assert "empty_truth" not in result["operating"][0]  # lung: no empty masks to count
 
 
 @pytest.mark.skipif(not _has_monai(), reason="monai not installed (the [bench] extra)")
