@@ -112,7 +112,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="peers' training wall-time budget; default: the diffusion run's "
                         "train_seconds (results.json next to the checkpoints folder)")
     p.add_argument("--baseline-steps", type=int, default=None,
-                   help="cap on every peer's optimiser steps (quick checks); default none")
+                   help="train every peer exactly this many steps, ignoring the epochs "
+                        "and the wall-time budget (quick checks); default: the budget")
     p.add_argument("--cross-domain", type=Path, default=None, metavar="DIR",
                    help="lung: score every model on DIR's Val split without retraining")
     p.add_argument("--steps", default=None, help="old study: sampling steps to sweep")
@@ -383,9 +384,12 @@ def main(argv: list[str] | None = None) -> int:
     peer_probs: dict[str, torch.Tensor] = {}
     for name in peer_names:
         try:
+            # --baseline-steps: exactly that many steps, no wall-time budget (quick checks)
+            exact = args.baseline_steps
             peer = peers_mod.train_peer(
-                name, train_ds, epochs=args.peer_epochs, batch_size=args.peer_batch_size,
-                budget_seconds=budget, max_steps=args.baseline_steps,
+                name, train_ds, epochs=max(args.peer_epochs, exact or 0),
+                batch_size=args.peer_batch_size,
+                budget_seconds=budget if exact is None else None, max_steps=exact,
                 unet_config=ck.model_config, lr=float(train_cfg.get("lr", 1e-3)),
                 seed=args.seed, progress=progress)
         except ImportError as err:
