@@ -1,56 +1,87 @@
-"""What diffusion buys for segmentation: Dice vs sampling steps, vs ensemble size, and a
-supervised baseline trained with the same data and budget.
+"""Issue 9's segmentation benchmark: the diffusion segmenter at <= 10 network evaluations
+per image against supervised peers (MONAI's UNet and the same U-Net trained directly),
+with calibration, uncertainty, the false positives on empty masks and a second domain.
 
-From a checkpoint of ``examples/covid_qu_seg.py``:
+From a checkpoint of ``examples/covid_qu_seg.py`` (its ``run_info`` gives the task, size,
+augmentation and the Train-carved held-out set), on the Val split:
 
-1. Dice vs sampling steps (1, 2, 5, 10, 25, 50) for DDIM and other samplers, with the
-   time per image;
-2. Dice and time per image vs ensemble size K (1, 3, 5, 9), masks fused by the mean;
-3. a supervised baseline: the same U-Net (same preset, the X-ray as its input instead of
-   the noisy mask, t fixed) trained directly as a segmenter with BCE + soft-Dice loss,
-   with the checkpoint's number of steps, batch size and learning rate.
+1. operating points ``sampler:steps x K`` (``--operating``): probabilities = the mean of
+   the K sampled masks, fused mask = probabilities > 0.5, NFE = steps * K per image;
+   Dice and the calibration study (:mod:`scoregen.segmentation.calibration_study`),
+   raw and temperature-scaled (T fitted on the held-out Train subset, never on Val).
+   The operating point of the figures and the cross-domain score is the one with the
+   best Dice on the held-out subset;
+2. calibration vs ensemble size K (``--calibration-k``, 1 DDIM step each by default);
+3. supervised peers (``--peer monai,unet``), trained on the same carved Train rest with the
+   same augmentation, stopped at 20 epochs or at the diffusion run's training wall time
+   (``--budget-seconds``, default the run's ``results.json`` ``train_seconds``);
+4. infection: metrics on all images and COVID-19 images, and the false-positive rate on
+   images whose true mask is empty; lung: ``--cross-domain DIR`` scores every model
+   without retraining on another set's Val split;
+5. a reliability diagram and image | truth | probability | uncertainty | error panels.
 
-All scored with the seed's protocol (micro metrics, threshold 0.5; infection also on
-COVID-19 images only). Writes JSON, a markdown table and PNG plots to ``--out``.
+The old studies stay available: ``--steps 1,2,5`` (a step sweep per ``--samplers``) and
+``--ensembles 1,3,5`` (a K sweep); they run only when given.
 
     python benchmarks/segmentation.py \\
         --checkpoint runs/lung/checkpoints/step_00004640.safetensors \\
-        --data-root ../shared/data/covid-qu-ex-64 --out benchmarks/results/seg_lung
+        --data-root ../shared/data/covid-qu-ex-64 \\
+        --cross-domain ../shared/data/cxr-lung-mcsz --out benchmarks/results/seg_lung
 
-Task and image size come from the checkpoint's ``run_info`` (a contradicting flag is
-refused). Default ``--out``: ``runs/segmentation``; pass ``benchmarks/results/...`` on
-purpose for results meant to be committed.
+Writes ``segmentation.json`` (every number, the command, the commit, wall time, hardware,
+date; saved after each study), ``segmentation.md`` (tables from
+``benchmarks/tables.py``) and PNGs to ``--out`` (default ``runs/segmentation``; pass
+``benchmarks/results/...`` on purpose for results meant to be committed).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-import scoregen as sg
-from scoregen import devices
-from scoregen.plotting import plot_curves
-from scoregen.samplers import SPACINGS
-from scoregen.segmentation import (
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # segmentation_peers, tables
+
+import segmentation_peers as peers_mod  # noqa: E402
+import tables  # noqa: E402
+
+import scoregen as sg  # noqa: E402
+from scoregen import devices  # noqa: E402
+from scoregen.metrics.calibration import reliability_curve  # noqa: E402
+from scoregen.plotting import plot_curves, plot_reliability  # noqa: E402
+from scoregen.samplers import SAMPLERS, SPACINGS  # noqa: E402
+from scoregen.segmentation import (  # noqa: E402
     CovidQUDataset,
     PhantomDataset,
     SegmentationDataset,
     class_groups,
     evaluate_segmentation,
-    metrics_table,
     predict_masks,
     random_subset,
     segment,
+    uncertainty,
 )
+from scoregen.segmentation.calibration_study import (  # noqa: E402
+    binary_entropy,
+    calibration_study,
+    empty_truth_false_positives,
+    fit_probability_temperature,
+    near_region,
+    temperature_scale,
+    uncertainty_error_panels,
+)
+
+DEFAULT_OPERATING = "ddim:1x1,ddim:1x4,ddim:1x8,ddim:2x4,dpmpp_2m:2x4,ddim:5x2,ddim:10x1"
+#: The issue's cost limit: network evaluations per image (steps x K).
+NFE_LIMIT = 10
+NEAR_RADIUS = 4
+PANEL_IMAGES = 6
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,17 +95,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split", default="Val")
     p.add_argument("--size", type=int, default=None,
                    help="default: the checkpoint's (64 for one without run_info)")
-    p.add_argument("--eval-samples", type=int, default=512, help="images for the step sweep")
-    p.add_argument("--steps", default="1,2,5,10,25,50", help="sampling steps to sweep")
-    p.add_argument("--samplers", default="ddim,ancestral", help="samplers to sweep")
-    p.add_argument("--ensembles", default="1,3,5,9", help="ensemble sizes K")
-    p.add_argument("--ensemble-steps", type=int, default=10, help="DDIM steps per member")
-    p.add_argument("--spacing", choices=SPACINGS, default="uniform",
-                   help="time grid of every sampler (uniform: the grid of the committed results)")
-    p.add_argument("--ensemble-samples", type=int, default=128, help="images for the K sweep")
+    p.add_argument("--eval-samples", type=int, default=None,
+                   help="Val images scored (a seeded random subset); default: all")
+    p.add_argument("--operating", default=DEFAULT_OPERATING,
+                   help="diffusion operating points sampler:STEPSxK, comma separated")
+    p.add_argument("--calibration-k", default="1,4,8,16",
+                   help="ensemble sizes of the calibration-vs-K study ('' skips it)")
+    p.add_argument("--calibration-steps", type=int, default=1,
+                   help="DDIM steps per member in the calibration-vs-K study")
+    p.add_argument("--peer", default="monai,unet",
+                   help=f"supervised peers, comma list of {peers_mod.PEERS} ('' for none)")
+    p.add_argument("--no-baseline", action="store_true", help="no supervised peers")
+    p.add_argument("--peer-epochs", type=int, default=20)
+    p.add_argument("--peer-batch-size", type=int, default=32)
+    p.add_argument("--budget-seconds", type=float, default=None,
+                   help="peers' training wall-time budget; default: the diffusion run's "
+                        "train_seconds (results.json next to the checkpoints folder)")
     p.add_argument("--baseline-steps", type=int, default=None,
-                   help="supervised training steps; default: the checkpoint's")
-    p.add_argument("--no-baseline", action="store_true")
+                   help="train every peer exactly this many steps, ignoring the epochs "
+                        "and the wall-time budget (quick checks); default: the budget")
+    p.add_argument("--cross-domain", type=Path, default=None, metavar="DIR",
+                   help="lung: score every model on DIR's Val split without retraining")
+    p.add_argument("--steps", default=None, help="old study: sampling steps to sweep")
+    p.add_argument("--samplers", default="ddim,ancestral", help="samplers of --steps")
+    p.add_argument("--ensembles", default=None, help="old study: ensemble sizes K to sweep")
+    p.add_argument("--ensemble-steps", type=int, default=10, help="DDIM steps per member")
+    p.add_argument("--ensemble-samples", type=int, default=128, help="images for the K sweep")
+    p.add_argument("--spacing", choices=SPACINGS, default="uniform",
+                   help="time grid of every sampler")
+    p.add_argument("--batch-size", type=int, default=128, help="images x K per sampler call")
     p.add_argument("--phantom-train", type=int, default=512)
     p.add_argument("--phantom-val", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
@@ -87,208 +136,386 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v]
+def _ints(text: str | None) -> list[int]:
+    return [int(v) for v in (text or "").split(",") if v.strip()]
 
 
-def load_data(args: argparse.Namespace) -> tuple[SegmentationDataset, SegmentationDataset, str]:
+def parse_operating(text: str) -> list[tuple[str, int, int]]:
+    """``"ddim:1x4,dpmpp_2m:2x4"`` -> ``[("ddim", 1, 4), ("dpmpp_2m", 2, 4)]``."""
+    points = []
+    for item in (v.strip() for v in text.split(",") if v.strip()):
+        try:
+            sampler, rest = item.split(":")
+            steps, k = (int(v) for v in rest.lower().split("x"))
+        except ValueError:
+            raise SystemExit(f"--operating: expected sampler:STEPSxK such as ddim:1x4, "
+                             f"got {item!r}") from None
+        if sampler not in SAMPLERS:
+            raise SystemExit(f"--operating: unknown sampler {sampler!r}; valid: "
+                             f"{', '.join(SAMPLERS)}")
+        if steps < 1 or k < 1:
+            raise SystemExit(f"--operating: steps and K must be >= 1, got {item!r}")
+        points.append((sampler, steps, k))
+    if not points:
+        raise SystemExit("--operating: give at least one operating point")
+    return points
+
+
+def parse_peers(args: argparse.Namespace) -> list[str]:
+    if args.no_baseline:
+        return []
+    names = [v.strip() for v in args.peer.split(",") if v.strip()]
+    bad = [n for n in names if n not in peers_mod.PEERS]
+    if bad:
+        raise SystemExit(f"--peer: unknown {bad}; expected a comma list of {peers_mod.PEERS}")
+    return list(dict.fromkeys(names))
+
+
+def load_data(args: argparse.Namespace, info: dict[str, Any]
+              ) -> tuple[SegmentationDataset, SegmentationDataset, SegmentationDataset,
+                         dict[str, Any]]:
+    """(train rest, held-out tuning set, val, notes): the checkpoint's own carving."""
+    holdout = info.get("holdout") or {"n": 0, "seed": args.seed}
+    augment = bool(info.get("augment", args.data_root is not None))
     if args.data_root is None:
-        train = PhantomDataset(args.phantom_train, task=args.task, size=args.size, seed=args.seed)
+        train = PhantomDataset(args.phantom_train, task=args.task, size=args.size,
+                               seed=args.seed, augment=augment)
         val = PhantomDataset(args.phantom_val, task=args.task, size=args.size,
                              seed=args.seed + 10_000)
-        return train, val, "synthetic phantom"
-    train = CovidQUDataset(args.data_root, "Train", task=args.task, size=args.size,
-                           progress=not args.no_progress)
-    val = CovidQUDataset(args.data_root, args.split, task=args.task, size=args.size,
-                         progress=not args.no_progress)
-    return train, val, f"COVID-QU-Ex {val.split_root}"
+        data = "synthetic phantom"
+    else:
+        progress = not args.no_progress
+        train = CovidQUDataset(args.data_root, "Train", task=args.task, size=args.size,
+                               augment=augment, seed=int(holdout.get("seed", args.seed)),
+                               progress=progress)
+        val = CovidQUDataset(args.data_root, args.split, task=args.task, size=args.size,
+                             progress=progress)
+        data = f"COVID-QU-Ex {val.split_root}"
+    n_held = int(holdout.get("n", 0))
+    if n_held:
+        rest, held = train.hold_out(n_held, int(holdout.get("seed", 0)))
+        held_note = f"{n_held} Train images carved by hold_out(n={n_held}, seed={holdout['seed']})"
+    else:  # a checkpoint without a holdout (the phantom): a fresh phantom set for tuning
+        if args.data_root is not None:
+            raise SystemExit(f"{args.checkpoint} has no run_info['holdout']: the tuning set "
+                             "cannot be rebuilt; retrain with examples/covid_qu_seg.py "
+                             "--holdout 256")
+        rest = train
+        held = PhantomDataset(max(args.phantom_val, 8), task=args.task, size=args.size,
+                              seed=args.seed + 20_000)
+        held_note = f"{len(held)} fresh phantom cases (seed {args.seed + 20_000})"
+    notes = {"data": data, "augment": augment, "train_images": len(rest),
+             "held_out": held_note, "held_images": len(held)}
+    return rest, held, val, notes
 
 
-# ----------------------------------------------------------------------------- baseline
-class Segmenter(torch.nn.Module):
-    """The diffusion U-Net used as a plain segmenter: the X-ray is its input, t = 0."""
-
-    def __init__(self, config: sg.UNetConfig) -> None:
-        super().__init__()
-        self.unet = sg.UNet(config)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        t = torch.zeros(images.shape[0], device=images.device)
-        return self.unet(images, t, None)  # logits
-
-
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """1 - soft Dice over each image (Milletari et al. 2016), averaged over the batch."""
-    p = torch.sigmoid(logits).flatten(1)
-    t = target.flatten(1)
-    return (1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)).mean()
-
-
-def train_baseline(train_ds: SegmentationDataset, config: sg.UNetConfig, steps: int,
-                   batch_size: int, lr: float, seed: int, progress: bool
-                   ) -> tuple[Segmenter, float]:
-    torch.manual_seed(seed)
-    model = Segmenter(config)
-    ema = sg.EMA(model, 0.999)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    warmup = min(100, steps // 10)
-
-    def lr_at(i: int) -> float:  # the diffusion runs' schedule: warm-up then cosine to 5%
-        if i < warmup:
-            return lr * (i + 1) / warmup
-        frac = (i - warmup) / max(1, steps - warmup)
-        return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
-
-    gen = torch.Generator().manual_seed(seed)
-    images, masks = train_ds.images, (train_ds.masks + 1) / 2
-    t0 = time.perf_counter()
-    order = torch.randperm(len(images), generator=gen)
-    pos = 0
-    for i in tqdm(range(steps), desc="supervised baseline", disable=not progress):
-        if pos + batch_size > len(order):
-            order, pos = torch.randperm(len(images), generator=gen), 0
-        idx = order[pos:pos + batch_size]
-        pos += batch_size
-        for group in opt.param_groups:
-            group["lr"] = lr_at(i)
-        logits = model(images[idx])
-        loss = F.binary_cross_entropy_with_logits(logits, masks[idx]) + soft_dice_loss(
-            logits, masks[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        ema.update(model)
-    return ema.module.eval(), time.perf_counter() - t0
+def diffusion_budget(args: argparse.Namespace) -> tuple[float | None, str]:
+    if args.budget_seconds is not None:
+        return float(args.budget_seconds), "--budget-seconds"
+    run = args.checkpoint.resolve().parent.parent
+    results = run / "results.json"
+    if results.is_file():
+        seconds = json.loads(results.read_text()).get("train_seconds")
+        if seconds is not None:
+            return float(seconds), str(results)
+    metrics = run / "metrics.jsonl"
+    if metrics.is_file():
+        for line in reversed(metrics.read_text().splitlines()):
+            try:
+                seconds = json.loads(line).get("train_seconds")
+            except json.JSONDecodeError:
+                continue
+            if seconds is not None:
+                return float(seconds), str(metrics)
+    return None, "unknown (no results.json): peers stop at their epochs only"
 
 
-# ----------------------------------------------------------------------------- main
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+class Study:
+    """The truth masks and regions of one image set, and how to score probabilities."""
+
+    def __init__(self, task: str, ds: SegmentationDataset, idx: torch.Tensor,
+                 grp: dict[str, torch.Tensor]) -> None:
+        self.task, self.images, self.masks, self.grp = task, ds.images[idx], ds.masks[idx], grp
+        self.region = near_region(self.masks, NEAR_RADIUS)
+
+    def score(self, prob: torch.Tensor, unc: torch.Tensor | None, temperature: float | None
+              ) -> dict[str, Any]:
+        metrics = evaluate_segmentation(lambda _: (prob > 0.5).float(), self.images,
+                                        self.masks, groups=self.grp)
+        out: dict[str, Any] = {"metrics": metrics,
+                               "calibration": calibration_study(prob, self.masks, unc,
+                                                                region=self.region)}
+        if temperature is not None:
+            out["calibration_T"] = calibration_study(prob, self.masks, unc, region=self.region,
+                                                     temperature=temperature)
+        if self.task == "infection":
+            out["empty_truth"] = empty_truth_false_positives(prob, self.masks)
+        return out
+
+
+def region_note(task: str) -> str:
+    what = "true lung mask" if task == "lung" else "true infection mask"
+    return (f"'all': every pixel; 'near': pixels within {NEAR_RADIUS} px of the {what} "
+            "(near_mask of the truth)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    wall0 = time.perf_counter()
     progress = not args.no_progress
     if args.threads < 1:
         raise SystemExit(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
+    points = parse_operating(args.operating)
+    peer_names = parse_peers(args)
     ck = sg.load_checkpoint(args.checkpoint)
-    info = ck.run_info
+    info = ck.run_info or {}
     for flag, key, default in (("task", "task", "lung"), ("size", "image_size", 64)):
         given, saved = getattr(args, flag), info.get(key)
         if given is not None and saved is not None and given != saved:
             raise SystemExit(f"--{flag} {given} does not match the checkpoint: "
                              f"{args.checkpoint} was trained with {flag} {saved}")
         setattr(args, flag, given if given is not None else (saved or default))
+    if args.cross_domain is not None and args.task != "lung":
+        raise SystemExit("--cross-domain scores lung models only (the second domain has "
+                         "lung masks only)")
     model = sg.load_model(args.checkpoint, lambda **c: sg.UNet(sg.UNetConfig.from_dict(c)))
+    model.eval()
     train_cfg = ck.train_config or {}
-    unet_cfg = ck.model_config or {}
-    train_ds, val_ds, note = load_data(args)
+    train_ds, held_ds, val_ds, notes = load_data(args, info)
+    budget, budget_source = diffusion_budget(args)
+    other = None  # the second domain, loaded first so a bad folder fails before any work
+    if args.cross_domain is not None:
+        other = CovidQUDataset(args.cross_domain, "Val", task="lung", size=args.size,
+                               progress=progress)
     args.out.mkdir(parents=True, exist_ok=True)
-    idx = random_subset(len(val_ds), args.eval_samples, args.seed)
-    images, masks = val_ds.images[idx], val_ds.masks[idx]
+    n_eval = len(val_ds) if args.eval_samples is None else args.eval_samples
+    idx = random_subset(len(val_ds), n_eval, args.seed)
     grp = class_groups(args.task, val_ds, idx)
     headline = "COVID-19" if grp else "all"
-    # the ensemble study's images, drawn (and checked) before any sampling: a random part of
-    # the sweep's, since ``idx`` is sorted and the data by class (its head is all COVID-19)
-    ens_idx = idx[random_subset(len(idx), args.ensemble_samples, args.seed + 1)]
-    ens_grp = class_groups(args.task, val_ds, ens_idx)
-    if bool(grp) != bool(ens_grp):
-        raise ValueError(f"--ensemble-samples {args.ensemble_samples} drew images of one class "
-                         f"only; the {headline!r} group needs a larger subset")
-    rows: list[dict[str, Any]] = []
+    held_idx = torch.arange(len(held_ds))
+    held_grp = class_groups(args.task, held_ds, held_idx)
+    held_headline = "COVID-19" if held_grp else "all"
+    val, held = Study(args.task, val_ds, idx, grp), Study(args.task, held_ds, held_idx,
+                                                          held_grp)
+    result: dict[str, Any] = {
+        "checkpoint": str(args.checkpoint), "checkpoint_step": ck.step, **notes,
+        "task": args.task, "split": args.split, "n_images": len(idx),
+        "headline_group": headline, "image_size": args.size,
+        "command": " ".join(["python", *sys.argv] if argv is None
+                            else ["python", "benchmarks/segmentation.py", *argv]),
+        "git_commit": git_commit(), "hardware": devices.describe_device("cpu"),
+        "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M"),
+        "nfe_limit": NFE_LIMIT, "threshold": 0.5, "regions": region_note(args.task),
+        "temperature": "fitted on the held-out Train subset (fit_temperature on "
+                       "logit(p), p clamped to [1e-4, 1-1e-4]), applied to Val",
+        "diffusion_budget_seconds": budget, "budget_source": budget_source,
+        "operating": [], "calibration_k": [], "peers": {}, "skipped": {},
+        "cross_domain": None, "rows": [], "baseline": None, "figures": [],
+    }
 
-    def result(baseline: dict[str, Any] | None) -> dict[str, Any]:
-        return {"checkpoint": str(args.checkpoint), "checkpoint_step": ck.step, "data": note,
-                "task": args.task, "split": args.split, "n_images": len(idx),
-                "headline_group": headline, "command": " ".join(sys.argv),
-                "hardware": devices.describe_device("cpu"),
-                "date": time.strftime("%Y-%m-%d"), "rows": rows, "baseline": baseline}
-
-    def save(res: dict[str, Any]) -> None:
+    def save() -> None:
         """After every study, so a crash later keeps what was measured."""
-        (args.out / "segmentation.json").write_text(json.dumps(res, indent=2))
-        (args.out / "segmentation.md").write_text(markdown(res))
+        result["wall_seconds"] = round(time.perf_counter() - wall0, 1)
+        (args.out / "segmentation.json").write_text(json.dumps(result, indent=2))
+        (args.out / "segmentation.md").write_text(tables.markdown(result))
 
-    for sampler in args.samplers.split(","):
+    def run_diffusion(images: torch.Tensor, sampler: str, steps: int, k: int):
+        return segment(model, images, sampler=sampler, steps=steps, ensemble=k,
+                       spacing=args.spacing, batch_size=max(1, args.batch_size // k),
+                       generator=torch.Generator().manual_seed(args.seed))
+
+    # 1. operating points
+    outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for sampler, steps, k in points:
+        name = f"{sampler}:{steps}x{k}"
+        out = run_diffusion(val.images, sampler, steps, k)
+        out_h = run_diffusion(held.images, sampler, steps, k)
+        prob, prob_h = out.samples.mean(0), out_h.samples.mean(0)
+        temp = fit_probability_temperature(prob_h, held.masks)
+        held_dice = evaluate_segmentation(lambda _, p=prob_h: (p > 0.5).float(), held.images,
+                                          held.masks, groups=held_grp)[held_headline]["dice"]
+        row = {"name": name, "sampler": sampler, "steps": steps, "ensemble": k,
+               "nfe": steps * k, "within_nfe_limit": steps * k <= NFE_LIMIT,
+               "seconds_per_image": out.seconds_per_image, "held_dice": held_dice,
+               "temperature": temp, **val.score(prob, out.uncertainty, temp)}
+        result["operating"].append(row)
+        outputs[name] = (prob, out.uncertainty)
+        print(f"{name:>14s} NFE {steps * k:2d}: Dice[{headline}] "
+              f"{row['metrics'][headline]['dice']:.4f} (held {held_dice:.4f}), "
+              f"ECE {row['calibration']['all']['ece']:.4f}, T {temp:.3f}, "
+              f"{1000 * out.seconds_per_image:.1f} ms/image", flush=True)
+        save()
+    eligible = [r for r in result["operating"] if r["within_nfe_limit"]] or result["operating"]
+    best = max(eligible, key=lambda r: (r["held_dice"], -r["nfe"]))
+    result["operating_point"] = best["name"]
+    result["operating_point_rule"] = (f"best Dice ({held_headline}) on the held-out Train "
+                                      f"subset among points with NFE <= {NFE_LIMIT}")
+    save()
+
+    # 2. calibration vs K (samples of one call; the first k members for each K)
+    ks = _ints(args.calibration_k)
+    if ks:
+        k_max, steps = max(ks), args.calibration_steps
+        out = run_diffusion(val.images, "ddim", steps, k_max)
+        out_h = run_diffusion(held.images, "ddim", steps, k_max)
+        for k in ks:
+            prob, prob_h = out.samples[:k].mean(0), out_h.samples[:k].mean(0)
+            temp = fit_probability_temperature(prob_h, held.masks)
+            row = {"sampler": "ddim", "steps": steps, "ensemble": k, "nfe": steps * k,
+                   "within_nfe_limit": steps * k <= NFE_LIMIT, "temperature": temp,
+                   **val.score(prob, uncertainty(out.samples[:k]), temp)}
+            result["calibration_k"].append(row)
+            print(f"  calibration K={k:2d} (NFE {steps * k}): ECE "
+                  f"{row['calibration']['all']['ece']:.4f}, Brier "
+                  f"{row['calibration']['all']['brier']:.4f}", flush=True)
+        save()
+
+    # 3. supervised peers
+    trained: dict[str, peers_mod.TrainedPeer] = {}
+    peer_probs: dict[str, torch.Tensor] = {}
+    for name in peer_names:
+        try:
+            # --baseline-steps: exactly that many steps, no wall-time budget (quick checks)
+            exact = args.baseline_steps
+            peer = peers_mod.train_peer(
+                name, train_ds, epochs=max(args.peer_epochs, exact or 0),
+                batch_size=args.peer_batch_size,
+                budget_seconds=budget if exact is None else None, max_steps=exact,
+                unet_config=ck.model_config, lr=float(train_cfg.get("lr", 1e-3)),
+                seed=args.seed, progress=progress)
+        except ImportError as err:
+            if name != "monai":
+                raise
+            print(peers_mod.MONAI_SKIP_MESSAGE, flush=True)
+            result["skipped"][name] = f"not installed ({err}); pip install -e '.[bench]'"
+            save()
+            continue
+        trained[name] = peer
+        t0 = time.perf_counter()
+        prob = predict_masks(peer.net, val.images)
+        per_image = (time.perf_counter() - t0) / len(val.images)
+        prob_h = predict_masks(peer.net, held.images)
+        temp = fit_probability_temperature(prob_h, held.masks)
+        held_dice = evaluate_segmentation(lambda _, p=prob_h: (p > 0.5).float(), held.images,
+                                          held.masks, groups=held_grp)[held_headline]["dice"]
+        record = {**peer.record(), "seconds_per_image": per_image, "temperature": temp,
+                  "held_dice": held_dice,
+                  "uncertainty": "binary entropy of the sigmoid",
+                  **val.score(prob, None, temp)}
+        result["peers"][name] = record
+        peer_probs[name] = prob
+        if name == "unet":
+            result["baseline"] = record  # the former single baseline's key
+        print(f"peer {name} ({peer.steps} steps, {peer.epochs:.2f} epochs, "
+              f"{peer.train_seconds:.0f} s, stopped by {peer.stopped_by}): Dice[{headline}] "
+              f"{record['metrics'][headline]['dice']:.4f}, ECE "
+              f"{record['calibration']['all']['ece']:.4f}", flush=True)
+        save()
+
+    # 4. cross-domain (lung)
+    if other is not None:
+        o_idx = torch.arange(len(other))
+        sampler, steps, k = best["sampler"], best["steps"], best["ensemble"]
+        out = run_diffusion(other.images, sampler, steps, k)
+        models = {f"diffusion {best['name']}": out.samples.mean(0)}
+        models.update({name: predict_masks(p.net, other.images) for name, p in trained.items()})
+        scores = {name: evaluate_segmentation(lambda _, p=p: (p > 0.5).float(), other.images,
+                                              other.masks)["all"] for name, p in models.items()}
+        result["cross_domain"] = {"data": str(other.split_root), "split": "Val",
+                                  "n_images": len(o_idx), "models": scores}
+        for name, m in scores.items():
+            print(f"cross-domain {name}: Dice {m['dice']:.4f}", flush=True)
+        save()
+
+    # old studies, only when asked for
+    old_studies(args, model, val_ds, idx, grp, headline, result)
+    save()
+
+    # 5. figures
+    result["figures"] = figures(args, result, val, outputs[best["name"]], best, trained,
+                                peer_probs)
+    save()
+    print(tables.markdown(result))
+    return 0
+
+
+def old_studies(args: argparse.Namespace, model: sg.ScoreModel, val_ds: SegmentationDataset,
+                idx: torch.Tensor, grp: dict[str, torch.Tensor], headline: str,
+                result: dict[str, Any]) -> None:
+    """The step sweep (``--steps``) and the K sweep (``--ensembles``) of the first benchmark."""
+    rows = result["rows"]
+    images, masks = val_ds.images[idx], val_ds.masks[idx]
+    for sampler in (args.samplers.split(",") if args.steps else []):
         for steps in _ints(args.steps):
             out = segment(model, images, sampler=sampler, steps=steps, spacing=args.spacing,
-                          batch_size=128,
+                          batch_size=args.batch_size,
                           generator=torch.Generator().manual_seed(args.seed))
             m = evaluate_segmentation(out, images, masks, groups=grp)
             rows.append({"study": "steps", "sampler": sampler, "steps": steps, "ensemble": 1,
                          "n_images": len(idx), "seconds_per_image": out.seconds_per_image,
                          "metrics": m})
-            print(f"{sampler:>10s} steps {steps:3d}: Dice[{headline}] "
-                  f"{m[headline]['dice']:.4f}  {1000 * out.seconds_per_image:.1f} ms/image",
-                  flush=True)
-
-        save(result(None))
-
-    for k in _ints(args.ensembles):
-        out = segment(model, val_ds.images[ens_idx], steps=args.ensemble_steps,
-                      spacing=args.spacing, ensemble=k,
-                      batch_size=max(1, 128 // k),
-                      generator=torch.Generator().manual_seed(args.seed))
-        m = evaluate_segmentation(out, val_ds.images[ens_idx], val_ds.masks[ens_idx],
-                                  groups=ens_grp)
-        rows.append({"study": "ensemble", "sampler": "ddim", "steps": args.ensemble_steps,
-                     "ensemble": k, "n_images": len(ens_idx),
-                     "seconds_per_image": out.seconds_per_image, "metrics": m,
-                     "uncertainty_mean": float(out.uncertainty.mean())})
-        print(f"ensemble K={k}: Dice[{headline}] {m[headline]['dice']:.4f}  "
-              f"{1000 * out.seconds_per_image:.1f} ms/image", flush=True)
-    save(result(None))
-
-    baseline = None
-    if not args.no_baseline:
-        steps = args.baseline_steps or ck.step
-        config = sg.UNetConfig.from_dict({**unet_cfg, "in_channels": 1, "out_channels": 1,
-                                          "cond_channels": 0, "cond_mode": None})
-        net, seconds = train_baseline(train_ds, config, steps,
-                                      int(train_cfg.get("batch_size", 32)),
-                                      float(train_cfg.get("lr", 1e-3)), args.seed, progress)
-        t0 = time.perf_counter()
-        probs = predict_masks(net, images)
-        per_image = (time.perf_counter() - t0) / len(images)
-        m = evaluate_segmentation(lambda _: (probs > 0.5).float(), images, masks, groups=grp)
-        baseline = {"steps": steps, "train_seconds": seconds, "seconds_per_image": per_image,
-                    "metrics": m}
-        print(f"supervised baseline ({steps} steps, {seconds:.0f} s): "
-              f"Dice[{headline}] {m[headline]['dice']:.4f}", flush=True)
-
-    final = result(baseline)
-    save(final)
-    plot(final, args.out)
-    print(markdown(final))
-    return 0
+    ks = _ints(args.ensembles)
+    if ks:
+        ens_idx = idx[random_subset(len(idx), args.ensemble_samples, args.seed + 1)]
+        ens_grp = class_groups(args.task, val_ds, ens_idx)
+        if bool(grp) != bool(ens_grp):
+            raise ValueError(f"--ensemble-samples {args.ensemble_samples} drew images of one "
+                             f"class only; the {headline!r} group needs a larger subset")
+        for k in ks:
+            out = segment(model, val_ds.images[ens_idx], steps=args.ensemble_steps,
+                          spacing=args.spacing, ensemble=k, batch_size=max(1, args.batch_size // k),
+                          generator=torch.Generator().manual_seed(args.seed))
+            m = evaluate_segmentation(out, val_ds.images[ens_idx], val_ds.masks[ens_idx],
+                                      groups=ens_grp)
+            rows.append({"study": "ensemble", "sampler": "ddim", "steps": args.ensemble_steps,
+                         "ensemble": k, "n_images": len(ens_idx),
+                         "seconds_per_image": out.seconds_per_image, "metrics": m,
+                         "uncertainty_mean": float(out.uncertainty.mean())})
+    if rows:
+        plot_old(result, args.out)
 
 
-def markdown(result: dict[str, Any]) -> str:
-    g = result["headline_group"]
-    lines = [f"Segmentation benchmark — {result['task']}, {result['n_images']} {result['split']} "
-             f"images ({g}), checkpoint step {result['checkpoint_step']}; {result['hardware']}, "
-             f"{result['date']}", "", "| study | sampler | steps | K | images | Dice | Jaccard | "
-             "ms / image |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for r in result["rows"]:
-        m = r["metrics"][g]
-        lines.append(f"| {r['study']} | {r['sampler']} | {r['steps']} | {r['ensemble']} | "
-                     f"{r.get('n_images', result['n_images'])} | {m['dice']:.4f} | "
-                     f"{m['jaccard']:.4f} | {1000 * r['seconds_per_image']:.1f} |")
-    b = result["baseline"]
-    sweep = [r for r in result["rows"] if r["study"] == "steps"]  # the baseline's images
-    if b is not None:
-        m = b["metrics"][g]
-        lines.append(f"| supervised U-Net ({b['steps']} steps) | – | 1 forward | – | "
-                     f"{result['n_images']} | {m['dice']:.4f} | {m['jaccard']:.4f} | "
-                     f"{1000 * b['seconds_per_image']:.1f} |")
-    if b is not None and sweep:
-        best = max(sweep, key=lambda r: r["metrics"][g]["dice"])
-        lines += ["", "Best diffusion setting vs the supervised baseline:", "",
-                  metrics_table({f"diffusion ({best['sampler']}, {best['steps']} steps, "
-                                 f"K={best['ensemble']})": best["metrics"][g],
-                                 "supervised": m})]
-    return "\n".join(lines) + "\n"
+def figures(args: argparse.Namespace, result: dict[str, Any], val: Study,
+            diffusion: tuple[torch.Tensor, torch.Tensor], best: dict[str, Any],
+            trained: dict[str, peers_mod.TrainedPeer], peer_probs: dict[str, torch.Tensor]
+            ) -> list[str]:
+    """The reliability diagram (near region) and the 5-column panels of every model."""
+    region = val.region
+    models = {f"diffusion {best['name']}": (diffusion[0], best["temperature"])}
+    models.update({name: (peer_probs[name], result["peers"][name]["temperature"])
+                   for name in trained})
+    curves = {}
+    for name, (prob, temp) in models.items():
+        for label, p, ls in ((f"{name} [raw]", prob, "-"),
+                             (f"{name} [T={temp:.2f}]", temperature_scale(prob, temp), "--")):
+            c = reliability_curve(p, (val.masks > 0).float(), region=region)
+            curves[label] = (c.confidence, c.frequency, ls)
+    paths = [plot_reliability(curves, args.out / "reliability.png",
+                              title=f"{result['task']}, {len(val.images)} {result['split']} "
+                                    f"images, pixels within {NEAR_RADIUS} px of the truth")]
+    pick = random_subset(len(val.images), PANEL_IMAGES, args.seed + 2)
+    maps = {"diffusion": (diffusion[0], diffusion[1], f"variance over K={best['ensemble']}")}
+    maps.update({name: (peer_probs[name], binary_entropy(peer_probs[name]),
+                        "binary entropy") for name in trained})
+    for name, (prob, unc, label) in maps.items():
+        paths.append(uncertainty_error_panels(
+            val.images[pick], val.masks[pick], prob[pick], unc[pick],
+            args.out / f"panels_{name}.png", uncertainty_label=label,
+            title=f"{name}" + (f" ({best['name']})" if name == "diffusion" else ""),
+            titles=[f"Val #{int(i)}" for i in pick]))
+    return [str(p) for p in paths]
 
 
-def plot(result: dict[str, Any], out: Path) -> None:
+def plot_old(result: dict[str, Any], out: Path) -> None:
     g = result["headline_group"]
     steps: dict[str, tuple[list[float], list[float]]] = {}
     for r in result["rows"]:
@@ -296,9 +523,6 @@ def plot(result: dict[str, Any], out: Path) -> None:
             xs, ys = steps.setdefault(r["sampler"], ([], []))
             xs.append(r["steps"])
             ys.append(r["metrics"][g]["dice"])
-    if result["baseline"] is not None and steps:
-        xs = next(iter(steps.values()))[0]
-        steps["supervised U-Net"] = (xs, [result["baseline"]["metrics"][g]["dice"]] * len(xs))
     if steps:
         plot_curves(steps, out / "dice_vs_steps.png", xlabel="sampling steps",
                     panels={f"Dice ({g}) vs sampling steps": list(steps)})

@@ -36,7 +36,7 @@ from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullF
 __all__ = [
     "plot_sampler_accuracy", "scatter_panels", "image_grid", "plot_curves",
     "new_figure", "image_array", "png_path", "save_png", "DPI", "PANEL", "ACC_PANEL",
-    "CURVE_PANEL",
+    "CURVE_PANEL", "plot_reliability", "RELIABILITY_PANEL",
 ]
 
 #: Resolution of every matplotlib figure written here.
@@ -361,3 +361,55 @@ def image_grid(
     img.save(tmp, format="PNG")
     os.replace(tmp, path)
     return path
+
+
+#: Side of the square reliability diagram of :func:`plot_reliability`, in inches.
+RELIABILITY_PANEL = 5.0
+
+
+def plot_reliability(
+    curves: Mapping[str, tuple[ArrayLike, ArrayLike, str]],
+    path: PathLike,
+    *,
+    title: str | None = None,
+) -> Path:
+    """A reliability diagram: observed foreground frequency vs mean predicted probability
+    per bin, every model on one plot, with the diagonal of perfect calibration.
+
+    Args:
+        curves: ``{label: (confidence, frequency, linestyle)}`` — per-bin values (NaN for
+            empty bins, skipped) and a matplotlib line style (e.g. ``"-"`` raw, ``"--"``
+            temperature-scaled). Labels sharing the text before `` [`` share a colour
+            (``"MONAI [raw]"`` and ``"MONAI [T=1.3]"``).
+        path: the PNG, ``100 RELIABILITY_PANEL`` x ``100 RELIABILITY_PANEL`` pixels.
+    """
+    if not isinstance(curves, Mapping) or not curves:
+        raise ValueError("curves must be a non-empty mapping {label: (confidence, "
+                         "frequency, linestyle)}")
+    path = png_path(path)
+    fig = new_figure(RELIABILITY_PANEL, RELIABILITY_PANEL)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, label="perfect calibration")
+    bases = list(dict.fromkeys(label.split(" [")[0] for label in curves))
+    colors = {b: f"C{i % 10}" for i, b in enumerate(bases)}
+    for label, item in curves.items():
+        if not isinstance(item, tuple) or len(item) != 3:
+            raise ValueError(f"curve {label!r} must be (confidence, frequency, linestyle)")
+        conf = _numpy(item[0], f"{label} confidence").ravel()
+        freq = _numpy(item[1], f"{label} frequency").ravel()
+        if conf.shape != freq.shape:
+            raise ValueError(f"curve {label!r}: confidence {conf.shape} and frequency "
+                             f"{freq.shape} differ")
+        keep = np.isfinite(conf) & np.isfinite(freq)
+        ax.plot(conf[keep], freq[keep], ls=item[2], marker="o", ms=3,
+                color=colors[label.split(" [")[0]], label=label)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    ax.set_xlabel("mean predicted probability (bin)")
+    ax.set_ylabel("observed foreground frequency")
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
+    return save_png(fig, path)

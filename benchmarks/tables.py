@@ -1,0 +1,190 @@
+"""Markdown tables of the segmentation benchmark, generated from its results JSON.
+
+Every table is one function of a ``segmentation.json`` written by
+``benchmarks/segmentation.py``; ``markdown(result)`` is the whole ``segmentation.md``.
+Regenerate from committed files (the docs cite these tables, never hand-typed numbers):
+
+    python benchmarks/tables.py benchmarks/results/seg_lung/segmentation.json [...]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["calibration_k_table", "calibration_table", "cross_domain_table",
+           "empty_truth_table", "markdown", "operating_table", "peers_table", "sweep_table"]
+
+
+def _f(x: Any, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.{digits}f}"
+
+
+def _dice(metrics: dict[str, Any], group: str) -> str:
+    return _f(metrics.get(group, {}).get("dice"))
+
+
+def _models(result: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(label, record) of the diffusion operating points, then the peers."""
+    out = [(f"diffusion {r['name']}", r) for r in result.get("operating", [])]
+    out += [(f"peer {name}", r) for name, r in result.get("peers", {}).items()]
+    return out
+
+
+def operating_table(result: dict[str, Any]) -> str:
+    """Dice of every diffusion operating point and every peer on the headline group."""
+    g = result["headline_group"]
+    groups = ["all"] + ([g] if g != "all" else [])
+    head = " | ".join(f"Dice ({x})" for x in groups)
+    lines = [f"| model | NFE / image | {head} | Jaccard ({g}) | held-out Dice | ms / image |",
+             "| --- | ---: | " + "---: | " * len(groups) + "---: | ---: | ---: |"]
+    for label, r in _models(result):
+        m = r["metrics"]
+        nfe = r.get("nfe", 1)
+        mark = " (> limit)" if nfe > result.get("nfe_limit", 10) else ""
+        best = " **(operating point)**" if r.get("name") == result.get("operating_point") else ""
+        lines.append(f"| {label}{best} | {nfe}{mark} | "
+                     + " | ".join(_dice(m, x) for x in groups)
+                     + f" | {_f(m.get(g, {}).get('jaccard'))} | {_f(r.get('held_dice'))} | "
+                       f"{_f(1000 * r['seconds_per_image'], 1)} |")
+    return "\n".join(lines)
+
+
+def peers_table(result: dict[str, Any]) -> str:
+    """How each supervised peer was trained: epochs, steps, seconds, what stopped it."""
+    lines = ["| peer | params | epochs | steps | train s | stopped by | recipe |",
+             "| --- | ---: | ---: | ---: | ---: | --- | --- |"]
+    for name, r in result.get("peers", {}).items():
+        lines.append(f"| {name} | {r['params']:,} | {r['epochs']:.2f} | {r['steps']} | "
+                     f"{r['train_seconds']:.0f} | {r['stopped_by']} | {r['recipe']} |")
+    for name, why in result.get("skipped", {}).items():
+        lines.append(f"| {name} | – | – | – | – | skipped | {why} |")
+    budget = result.get("diffusion_budget_seconds")
+    lines.append("")
+    lines.append(f"Budget: {_f(budget, 0)} s of training wall time "
+                 f"(the diffusion run's, from {result.get('budget_source')}).")
+    return "\n".join(lines)
+
+
+def calibration_table(result: dict[str, Any], region: str = "near") -> str:
+    """ECE, Brier, NLL and uncertainty AUROC / AUPRC / overlap, raw and with T, on
+    ``region`` ("all" or "near")."""
+    lines = ["| model | T | ECE | Brier | NLL | ECE (T) | Brier (T) | NLL (T) | "
+             "unc. AUROC | unc. AUPRC | overlap |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for label, r in _models(result):
+        c, ct = r["calibration"][region], r.get("calibration_T", {}).get(region, {})
+        lines.append(f"| {label} | {_f(r.get('temperature'), 3)} | {_f(c['ece'])} | "
+                     f"{_f(c['brier'])} | {_f(c['nll'])} | {_f(ct.get('ece'))} | "
+                     f"{_f(ct.get('brier'))} | {_f(ct.get('nll'))} | "
+                     f"{_f(c['uncertainty_auroc'])} | {_f(c['uncertainty_auprc'])} | "
+                     f"{_f(c['uncertainty_overlap'])} |")
+    return "\n".join(lines)
+
+
+def calibration_k_table(result: dict[str, Any], region: str = "near") -> str:
+    """Calibration of the diffusion model vs the ensemble size K."""
+    g = result["headline_group"]
+    lines = [f"| K | steps | NFE | Dice ({g}) | ECE | Brier | NLL | ECE (T) | "
+             "unc. AUROC | unc. AUPRC |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in result.get("calibration_k", []):
+        c, ct = r["calibration"][region], r.get("calibration_T", {}).get(region, {})
+        mark = " (> limit)" if not r["within_nfe_limit"] else ""
+        lines.append(f"| {r['ensemble']} | {r['steps']} | {r['nfe']}{mark} | "
+                     f"{_dice(r['metrics'], g)} | {_f(c['ece'])} | {_f(c['brier'])} | "
+                     f"{_f(c['nll'])} | {_f(ct.get('ece'))} | {_f(c['uncertainty_auroc'])} | "
+                     f"{_f(c['uncertainty_auprc'])} |")
+    return "\n".join(lines)
+
+
+def empty_truth_table(result: dict[str, Any]) -> str:
+    """Infection: false positives on the images whose true mask is empty."""
+    lines = ["| model | empty-truth images | images with any FP | pixel FPR |",
+             "| --- | ---: | ---: | ---: |"]
+    for label, r in _models(result):
+        e = r.get("empty_truth")
+        if e is not None:
+            lines.append(f"| {label} | {e['n_empty']} | {_f(e['image_fpr'])} | "
+                         f"{_f(e['pixel_fpr'], 6)} |")
+    return "\n".join(lines)
+
+
+def cross_domain_table(result: dict[str, Any]) -> str:
+    """Lung Dice on the second domain, no retraining."""
+    cd = result.get("cross_domain")
+    if not cd:
+        return ""
+    lines = [f"Second domain: {cd['data']} {cd['split']}, {cd['n_images']} images", "",
+             "| model | Dice | Jaccard | per-image Dice |", "| --- | ---: | ---: | ---: |"]
+    for name, m in cd["models"].items():
+        lines.append(f"| {name} | {_f(m['dice'])} | {_f(m['jaccard'])} | "
+                     f"{_f(m.get('dice_per_image'))} |")
+    return "\n".join(lines)
+
+
+def sweep_table(result: dict[str, Any]) -> str:
+    """The old step / K sweeps (only when they ran)."""
+    rows = result.get("rows") or []
+    if not rows:
+        return ""
+    g = result["headline_group"]
+    lines = ["| study | sampler | steps | K | images | Dice | Jaccard | ms / image |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        m = r["metrics"][g]
+        lines.append(f"| {r['study']} | {r['sampler']} | {r['steps']} | {r['ensemble']} | "
+                     f"{r['n_images']} | {_f(m['dice'])} | {_f(m['jaccard'])} | "
+                     f"{_f(1000 * r['seconds_per_image'], 1)} |")
+    return "\n".join(lines)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The whole ``segmentation.md`` of one result."""
+    g = result["headline_group"]
+    parts = [f"# Segmentation benchmark — {result['task']}, {result['n_images']} "
+             f"{result['split']} images (headline: {g})", "",
+             f"Checkpoint {result['checkpoint']} (step {result['checkpoint_step']}), "
+             f"{result.get('data')}; {result.get('hardware')}, {result.get('threads')} "
+             f"thread(s); {result.get('date')}; commit {result.get('git_commit')}; wall "
+             f"{_f(result.get('wall_seconds'), 0)} s.", "",
+             f"Command: `{result.get('command')}`", "",
+             f"Threshold 0.5 on the mean of the K samples; NFE = steps x K, limit "
+             f"{result.get('nfe_limit')}. Operating point: {result.get('operating_point')} "
+             f"({result.get('operating_point_rule')}).", "",
+             "## Dice", "", operating_table(result), ""]
+    if result.get("peers") or result.get("skipped"):
+        parts += ["## Supervised peers", "", peers_table(result), ""]
+    if result.get("operating"):
+        parts += ["## Calibration (pixels near the truth)", "",
+                  f"Regions: {result.get('regions')}. Temperature: "
+                  f"{result.get('temperature')}.", "", calibration_table(result, "near"), "",
+                  "## Calibration (all pixels)", "", calibration_table(result, "all"), ""]
+    if result.get("calibration_k"):
+        parts += ["## Calibration vs ensemble size K (near the truth)", "",
+                  calibration_k_table(result), ""]
+    if result["task"] == "infection":
+        parts += ["## False positives on empty masks", "", empty_truth_table(result), ""]
+    for title, table in (("Cross-domain", cross_domain_table(result)),
+                         ("Step and ensemble sweeps", sweep_table(result))):
+        if table:
+            parts += [f"## {title}", "", table, ""]
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    paths = [Path(p) for p in (sys.argv[1:] if argv is None else argv)]
+    if not paths:
+        raise SystemExit("usage: python benchmarks/tables.py RESULTS.json [...]")
+    for path in paths:
+        print(markdown(json.loads(path.read_text())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
