@@ -5,18 +5,26 @@ Every table is one function of a ``segmentation.json`` written by
 Regenerate from committed files (the docs cite these tables, never hand-typed numbers):
 
     python benchmarks/tables.py benchmarks/results/seg_lung/segmentation.json [...]
+    python benchmarks/tables.py --docs README.md docs/results.md   # refill the docs' tables
+
+A doc holds a generated table between ``<!-- table: NAME FILE.json [FILE.json ...] -->``
+and ``<!-- /table -->``; ``--docs`` rewrites every such block from the named results
+files with the function ``DOC_TABLES[NAME]``, and ``tests/test_doc_tables.py`` fails when
+a committed doc differs from what its files give.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["calibration_k_table", "calibration_table", "cross_domain_table",
-           "empty_truth_table", "markdown", "operating_table", "peers_table", "sweep_table"]
+__all__ = ["DOC_TABLES", "calibration_k_table", "calibration_table", "cross_domain_table",
+           "empty_truth_table", "fill_doc", "markdown", "operating_table", "peers_table",
+           "reference_runs_table", "summary_table", "sweep_table"]
 
 
 def _f(x: Any, digits: int = 4) -> str:
@@ -177,10 +185,85 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def _operating(result: dict[str, Any]) -> dict[str, Any]:
+    return next(r for r in result["operating"] if r["name"] == result["operating_point"])
+
+
+def summary_table(results: list[dict[str, Any]]) -> str:
+    """Issue 9's headline: per task, the diffusion operating point against each peer —
+    Dice on the headline group, NFE, and ECE / Brier near the truth, raw and with T."""
+    lines = ["| task (Dice on) | model | NFE / image | Dice | ECE | ECE (T) | Brier | "
+             "Brier (T) | unc. AUROC |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for result in results:
+        g = result["headline_group"]
+        op = _operating(result)
+        rows = [(f"diffusion {op['name']}", op)]
+        rows += [(f"{name} (supervised)", r) for name, r in result.get("peers", {}).items()]
+        for label, r in rows:
+            c, ct = r["calibration"]["near"], r.get("calibration_T", {}).get("near", {})
+            lines.append(f"| {result['task']} ({g}) | {label} | {r.get('nfe', 1)} | "
+                         f"{_dice(r['metrics'], g)} | {_f(c['ece'])} | {_f(ct.get('ece'))} | "
+                         f"{_f(c['brier'])} | {_f(ct.get('brier'))} | "
+                         f"{_f(c['uncertainty_auroc'])} |")
+    return "\n".join(lines)
+
+
+def reference_runs_table(runs: list[dict[str, Any]]) -> str:
+    """The example's reference runs (``results.json`` of ``examples/covid_qu_seg.py``):
+    training length and wall time, and the run's own final Dice."""
+    lines = ["| task | steps (epochs) | training wall s | torch threads | final eval | Dice (all) "
+             "| Dice (COVID-19) | commit |",
+             "| --- | ---: | ---: | ---: | --- | ---: | ---: | --- |"]
+    for r in runs:
+        m = r["metrics"]
+        lines.append(f"| {r['task']} | {r['steps']:,} ({r['epochs']}) | "
+                     f"{r['train_seconds']:.0f} | {r['threads']} | {r['protocol'].split(';')[0]} "
+                     f"| {_dice(m, 'all')} | {_dice(m, 'COVID-19')} | {r.get('commit')} |")
+    return "\n".join(lines)
+
+
+#: name -> function of the loaded results files, for ``<!-- table: NAME FILES -->`` blocks.
+DOC_TABLES = {
+    "summary": summary_table,
+    "reference_runs": reference_runs_table,
+    "operating": lambda rs: operating_table(rs[0]),
+    "peers": lambda rs: peers_table(rs[0]),
+    "calibration_k": lambda rs: calibration_k_table(rs[0]),
+    "empty_truth": lambda rs: empty_truth_table(rs[0]),
+    "cross_domain": lambda rs: cross_domain_table(rs[0]),
+}
+
+_BLOCK = re.compile(r"(<!-- table: (\w+) ([^>]*?) -->\n)(.*?)(<!-- /table -->)", re.S)
+
+
+def fill_doc(text: str, root: Path) -> str:
+    """``text`` with every generated-table block refilled from its files (relative to
+    ``root``, the repository)."""
+
+    def fill(match: re.Match[str]) -> str:
+        name, files = match.group(2), match.group(3).split()
+        if name not in DOC_TABLES:
+            raise ValueError(f"unknown table {name!r}; known: {sorted(DOC_TABLES)}")
+        loaded = [json.loads((root / f).read_text()) for f in files]
+        return f"{match.group(1)}{DOC_TABLES[name](loaded)}\n{match.group(5)}"
+
+    return _BLOCK.sub(fill, text)
+
+
 def main(argv: list[str] | None = None) -> int:
-    paths = [Path(p) for p in (sys.argv[1:] if argv is None else argv)]
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--docs"]:
+        root = Path(__file__).resolve().parents[1]
+        for doc in args[1:]:
+            path = Path(doc)
+            path.write_text(fill_doc(path.read_text(), root))
+            print(f"refilled the generated tables of {path}")
+        return 0
+    paths = [Path(p) for p in args]
     if not paths:
-        raise SystemExit("usage: python benchmarks/tables.py RESULTS.json [...]")
+        raise SystemExit("usage: python benchmarks/tables.py RESULTS.json [...] | "
+                         "--docs DOC.md [...]")
     for path in paths:
         print(markdown(json.loads(path.read_text())))
     return 0
