@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -55,6 +54,7 @@ import scoregen as sg  # noqa: E402
 from scoregen import devices  # noqa: E402
 from scoregen.metrics.calibration import reliability_curve  # noqa: E402
 from scoregen.plotting import plot_curves, plot_reliability  # noqa: E402
+from scoregen.provenance import git_commit  # noqa: E402
 from scoregen.samplers import SAMPLERS, SPACINGS  # noqa: E402
 from scoregen.segmentation import (  # noqa: E402
     CovidQUDataset,
@@ -230,14 +230,6 @@ def diffusion_budget(args: argparse.Namespace) -> tuple[float | None, str]:
     return None, "unknown (no results.json): peers stop at their epochs only"
 
 
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                              capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 class Study:
     """The truth masks and regions of one image set, and how to score probabilities."""
 
@@ -312,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         "headline_group": headline, "image_size": args.size,
         "command": " ".join(["python", *sys.argv] if argv is None
                             else ["python", "benchmarks/segmentation.py", *argv]),
-        "git_commit": git_commit(), "hardware": devices.describe_device("cpu"),
+        "git_commit": git_commit(__file__), "hardware": devices.describe_device("cpu"),
         "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M"),
         "nfe_limit": NFE_LIMIT, "threshold": 0.5, "regions": region_note(args.task),
         "temperature": "fitted on the held-out Train subset (fit_temperature on "
