@@ -23,7 +23,7 @@ outside that range is reported beside them.
 
     python benchmarks/synthesis.py                                  # phantom, seconds
     python benchmarks/synthesis.py --data-root ../shared/data/covid-qu-ex-64 \\
-        --checkpoint runs/unconditional_xray/checkpoints/step_00002320.safetensors \\
+        --checkpoint CKPT \\
         --samplers ddim,dpmpp_2m,ipndm --nfe 5,10,20,50 --out benchmarks/results/synthesis
 
 Without ``--data-root`` it runs on the synthetic phantom (2 classes). Writes to ``--out``:
