@@ -54,7 +54,8 @@ from scoregen import devices
 from scoregen.metrics import (
     frechet_distance,
     kernel_distance,
-    memorisation,
+    memorisation_from_distances,
+    nearest_distances,
     precision_recall,
 )
 from scoregen.nn import ClassifierConfig, FeatureClassifier
@@ -153,13 +154,16 @@ def class_labels(ds: SegmentationDataset, classes: list[str]) -> Tensor:
 # ----------------------------------------------------------------------------- classifier
 def train_classifier(images: Tensor, labels: Tensor, num_classes: int, *, epochs: int,
                      batch_size: int, lr: float, seed: int, device: torch.device,
-                     progress: bool) -> tuple[FeatureClassifier, list[float]]:
-    """AdamW + cosine schedule, cross-entropy, shifts of up to 2 pixels as augmentation.
+                     progress: bool, widths: tuple[int, ...] | None = None,
+                     ) -> tuple[FeatureClassifier, list[float]]:
+    """AdamW + one-cycle schedule, cross-entropy, shifts of up to 2 pixels as augmentation.
 
+    ``widths``: the conv blocks' channels (default :class:`ClassifierConfig`'s).
     Returns the net (eval mode) and the mean training loss of each epoch.
     """
     torch.manual_seed(seed)
-    cfg = ClassifierConfig(in_channels=images.shape[1], num_classes=num_classes)
+    shape = {} if widths is None else {"widths": tuple(widths)}
+    cfg = ClassifierConfig(in_channels=images.shape[1], num_classes=num_classes, **shape)
     net = FeatureClassifier(cfg).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     steps_per_epoch = max(1, len(images) // batch_size)
@@ -221,13 +225,17 @@ def load_classifier(path: Path, device: torch.device) -> tuple[FeatureClassifier
 
 # ----------------------------------------------------------------------------- quality
 def quality(feats: Tensor, pixels: Tensor, ref: dict[str, Tensor], args: argparse.Namespace,
-            *, memorised: tuple[Tensor, Tensor] | None = None) -> dict[str, Any]:
+            *, val_memorisation: bool = False) -> dict[str, Any]:
     """Every distance of one set (features (N, D), images (N, 1, S, S)) against Val.
 
-    ``memorised``: (features, images) whose nearest-Train distances are reported instead of
-    the set's own (the floor's Train subset is its own nearest neighbour; Val stands in).
+    ``val_memorisation``: report Val's own nearest-Train distances in place of the set's
+    (for the floor, whose Train subset is its own nearest neighbour).
     """
-    mem_feats, mem_pixels = memorised if memorised is not None else (feats, pixels)
+    if val_memorisation:
+        nn_pixels, nn_feats = ref["val_nn_pixels"], ref["val_nn_feats"]
+    else:
+        nn_pixels = nearest_distances(pixels, ref["train_pixels"])
+        nn_feats = nearest_distances(feats, ref["train_feats"])
     gen = torch.Generator().manual_seed(args.seed)
     kid = kernel_distance(feats, ref["val_feats"], subsets=args.kid_subsets,
                           subset_size=args.kid_subset_size, generator=gen)
@@ -236,11 +244,20 @@ def quality(feats: Tensor, pixels: Tensor, ref: dict[str, Tensor], args: argpars
         "frechet": frechet_distance(feats, ref["val_feats"]),
         "kid": kid.mean, "kid_std": kid.std, "kid_subset_size": kid.subset_size,
         "precision": pr.precision, "recall": pr.recall,
-        "memorisation_pixel": memorisation(mem_pixels, ref["train_pixels"],
-                                           ref["val_pixels"]).to_dict(),
-        "memorisation_feature": memorisation(mem_feats, ref["train_feats"],
-                                             ref["val_feats"]).to_dict(),
+        "memorisation_pixel": memorisation_from_distances(nn_pixels,
+                                                          ref["val_nn_pixels"]).to_dict(),
+        "memorisation_feature": memorisation_from_distances(nn_feats,
+                                                            ref["val_nn_feats"]).to_dict(),
     }
+
+
+def reference_sets(train_feats: Tensor, val_feats: Tensor, train_pixels: Tensor,
+                   val_pixels: Tensor) -> dict[str, Tensor]:
+    """What :func:`quality` compares with, the Val-to-Train distances computed once."""
+    return {"train_feats": train_feats, "val_feats": val_feats, "train_pixels": train_pixels,
+            "val_pixels": val_pixels,
+            "val_nn_pixels": nearest_distances(val_pixels, train_pixels),
+            "val_nn_feats": nearest_distances(val_feats, train_feats)}
 
 
 def grid_steps(sampler: str, nfe: int) -> int:
@@ -397,12 +414,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
           f"(Train {classifier['train_accuracy']:.3f}) over {classes}")
 
     # 2. the real-vs-real floor: a Train subset of the generated sets' size vs Val
-    ref = {"train_feats": train_feats, "val_feats": val_feats,
-           "train_pixels": train.images, "val_pixels": val.images}
+    ref = reference_sets(train_feats, val_feats, train.images, val.images)
     n_floor = min(args.num_samples, len(train))
     sub = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))[:n_floor]
     floor = quality(train_feats[sub], train.images[sub], ref, args,
-                    memorised=(val_feats, val.images))
+                    val_memorisation=True)
     floor["n"] = n_floor
     print(f"floor (Train {n_floor} vs Val {len(val)}): Fréchet {floor['frechet']:.4g}, "
           f"KID {floor['kid']:.4g}, precision {floor['precision']:.3f}, "

@@ -17,6 +17,7 @@ from scoregen.metrics import (
     kernel_distance,
     knn_radii,
     memorisation,
+    memorisation_from_distances,
     mmd2_unbiased,
     nearest_distances,
     precision_recall,
@@ -216,3 +217,13 @@ def test_memorisation_of_fresh_samples_is_near_one_percent() -> None:
 def test_nearest_distances_rejects_mismatched_dimensions() -> None:
     with pytest.raises(ValueError, match="same dimension"):
         nearest_distances(torch.zeros(3, 4), torch.zeros(3, 5))
+
+
+def test_memorisation_from_distances_equals_the_direct_route_and_checks_input() -> None:
+    train, val, gen_ = line(0, 10), line(1, 2, 3, 4), line(0, 5, 10.5)
+    direct = memorisation(gen_, train, val)
+    split = memorisation_from_distances(nearest_distances(gen_, train),
+                                        nearest_distances(val, train))
+    assert split == direct
+    with pytest.raises(ValueError, match=">= 0"):
+        memorisation_from_distances(torch.tensor([-1.0]), torch.tensor([1.0]))

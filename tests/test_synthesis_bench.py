@@ -83,16 +83,18 @@ def test_classifier_config_round_trips_and_input_is_checked() -> None:
 
 
 def test_training_loop_learns_a_separable_toy(bench) -> None:
-    """Dark vs bright 16x16 images (means -0.5 / +0.5, noise 0.3): two epochs reach 100 %."""
+    """Dark vs bright 16x16 images (means -0.5 / +0.5, noise 0.3): two epochs of a narrow
+    net separate them (100 % when measured; a loop that does not learn stays near 50 %)."""
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(128) % 2
     images = (labels.float() - 0.5).view(-1, 1, 1, 1) + 0.3 * torch.randn(128, 1, 16, 16,
                                                                           generator=g)
     net, losses = bench.train_classifier(images, labels, 2, epochs=2, batch_size=16, lr=2e-3,
-                                         seed=0, device=torch.device("cpu"), progress=False)
+                                         seed=0, device=torch.device("cpu"), progress=False,
+                                         widths=(8, 16, 16, 16))
     _, logits = bench.predict(net, images)
-    assert float((logits.argmax(1) == labels).float().mean()) == 1.0
-    assert losses[-1] < losses[0]
+    assert float((logits.argmax(1) == labels).float().mean()) >= 0.95
+    assert losses[-1] < 0.8 * losses[0]
 
 
 # -------------------------------------------------------------------------- end to end
@@ -133,8 +135,7 @@ def test_copies_of_train_are_flagged_as_memorised(bench, result) -> None:
     net, _ = bench.load_classifier(out / "classifier.safetensors", torch.device("cpu"))
     train_feats, _ = bench.predict(net, train.images)
     val_feats, _ = bench.predict(net, val.images)
-    ref = {"train_feats": train_feats, "val_feats": val_feats,
-           "train_pixels": train.images, "val_pixels": val.images}
+    ref = bench.reference_sets(train_feats, val_feats, train.images, val.images)
     q = bench.quality(train_feats[:16], train.images[:16], ref, args)
     assert q["memorisation_pixel"]["generated_median"] == 0.0
     assert q["memorisation_pixel"]["copy_fraction"] == 1.0

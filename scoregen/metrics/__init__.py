@@ -26,7 +26,12 @@ from scoregen.metrics.calibration import (
 from scoregen.metrics.distances import sliced_wasserstein, sliced_wasserstein_floor
 from scoregen.metrics.frechet import frechet_distance, gaussian_frechet_distance
 from scoregen.metrics.kid import KernelDistance, kernel_distance, mmd2_unbiased, polynomial_kernel
-from scoregen.metrics.memorisation import Memorisation, memorisation, nearest_distances
+from scoregen.metrics.memorisation import (
+    Memorisation,
+    memorisation,
+    memorisation_from_distances,
+    nearest_distances,
+)
 from scoregen.metrics.precision_recall import (
     PrecisionRecall,
     knn_radii,
@@ -42,6 +47,6 @@ __all__ = [
     # sample quality
     "KernelDistance", "Memorisation", "PrecisionRecall", "frechet_distance",
     "gaussian_frechet_distance", "kernel_distance", "knn_radii", "manifold_coverage",
-    "memorisation", "mmd2_unbiased", "nearest_distances", "polynomial_kernel",
-    "precision_recall",
+    "memorisation", "memorisation_from_distances", "mmd2_unbiased", "nearest_distances",
+    "polynomial_kernel", "precision_recall",
 ]

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from scoregen.metrics.feature_matrix import as_feature_matrix, pairwise_distances
 
-__all__ = ["Memorisation", "memorisation", "nearest_distances"]
+__all__ = ["Memorisation", "memorisation", "memorisation_from_distances", "nearest_distances"]
 
 
 def nearest_distances(
@@ -77,8 +77,19 @@ def memorisation(
     ``train`` (T, *D) is the training set; all three flattened to vectors of one dimension
     (pixels or features). An exact copy of a training sample has distance 0.
     """
-    d_gen = nearest_distances(generated, train)
-    d_val = nearest_distances(val, train)
+    return memorisation_from_distances(nearest_distances(generated, train),
+                                       nearest_distances(val, train))
+
+
+def memorisation_from_distances(d_gen: Tensor, d_val: Tensor) -> Memorisation:
+    """:func:`memorisation` from nearest-Train distances already computed (e.g. ``d_val``
+    once for many generated sets): ``d_gen`` (G,), ``d_val`` (V,), both >= 0."""
+    for name, d in (("d_gen", d_gen), ("d_val", d_val)):
+        if not isinstance(d, Tensor) or d.ndim != 1 or d.numel() == 0:
+            raise ValueError(f"{name} must be a non-empty 1-D tensor of distances")
+        if not bool(torch.isfinite(d).all()) or bool((d < 0).any()):
+            raise ValueError(f"{name} must hold finite distances >= 0")
+    d_gen, d_val = d_gen.double(), d_val.double()
     p1 = _q(d_val, 0.01)
     return Memorisation(
         generated_median=_q(d_gen, 0.5), generated_p5=_q(d_gen, 0.05),
