@@ -21,7 +21,7 @@ common random numbers) and reports every distance against NFE. Samples are clamp
 [-1, 1] before they are measured (as the example saves them); the share of raw pixels
 outside that range is reported beside them.
 
-    python benchmarks/synthesis.py                                  # phantom, seconds
+    python benchmarks/synthesis.py                  # phantom, no model: classifier + floor
     python benchmarks/synthesis.py --data-root ../shared/data/covid-qu-ex-64 \\
         --checkpoint CKPT \\
         --samplers ddim,dpmpp_2m,ipndm --nfe 5,10,20,50 --out benchmarks/results/synthesis
