@@ -1,7 +1,9 @@
-"""Networks: the DDPM U-Net, its layers and the two ways of fusing a condition image."""
+"""Networks: the DDPM U-Net, its layers and the two ways of fusing a condition image; a small
+CNN classifier whose features measure sample quality."""
 
 from .attention import Attention, LinearAttention
 from .blocks import ResBlock
+from .classifier import ClassifierConfig, FeatureClassifier
 from .conditioning import (
     COND_MODES,
     ConditionalStem,
@@ -16,9 +18,11 @@ __all__ = [
     "COND_MODES",
     "UNET_PRESETS",
     "Attention",
+    "ClassifierConfig",
     "ConditionEncoder",
     "ConditionalStem",
     "EncodedCondition",
+    "FeatureClassifier",
     "LinearAttention",
     "ResBlock",
     "TimestepEmbedding",
