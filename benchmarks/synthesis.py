@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 
 import scoregen as sg
 from scoregen import devices
+from scoregen.cli_types import positive_int
 from scoregen.metrics import (
     frechet_distance,
     kernel_distance,
@@ -64,16 +65,6 @@ from scoregen.segmentation import CLASSES, CovidQUDataset, PhantomDataset, Segme
 
 #: NFE budget -> grid steps for samplers that call the net twice a step (Heun)
 TWO_CALL_SAMPLERS = ("heun",)
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
 
 
 def int_list(text: str) -> list[int]:

@@ -38,7 +38,6 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,13 @@ from tqdm.auto import tqdm
 
 import scoregen as sg
 from scoregen import devices
+from scoregen.cli_types import (
+    decay_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    threads_arg,
+)
 from scoregen.plotting import plot_curves
 from scoregen.provenance import git_commit
 from scoregen.samplers import SPACINGS
@@ -72,32 +78,6 @@ SDE_ARGS = {"num_steps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
 
 
 # ----------------------------------------------------------------------------- arguments
-def threads_arg(text: str) -> int | str:
-    """``--threads``: ``auto`` or an integer >= 1 (see :func:`scoregen.devices.resolve_threads`)."""
-    if text == "auto":
-        return text
-    return positive_int(text)
-
-
-def number_arg(kind: type, ok: Callable[[Any], bool], want: str) -> Callable[[str], Any]:
-    """An argparse ``type``: ``kind(text)`` when ``ok`` holds, else one line saying ``want``."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
-        return value
-
-    return parse
-
-
-positive_int = number_arg(int, lambda v: v >= 1, "an integer >= 1")
-nonnegative_int = number_arg(int, lambda v: v >= 0, "an integer >= 0")
-positive_float = number_arg(float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
-decay_float = number_arg(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
 
 
 #: Defaults of the flags that ``--evaluate`` takes from the checkpoint instead; None on

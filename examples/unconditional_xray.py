@@ -47,6 +47,7 @@ from safetensors.torch import save_file
 
 import scoregen as sg
 from scoregen import devices
+from scoregen.cli_types import positive_int, threads_arg
 from scoregen.plotting import image_grid
 from scoregen.segmentation import CovidQUDataset, PhantomDataset
 from scoregen.train import CheckpointError, ExistingRunError, OutDirInUseError
@@ -92,20 +93,6 @@ def sample_stats(generated: torch.Tensor, real: torch.Tensor, bins: int = 32) ->
     ratio = (g.std(0).mean() / r.std(0).mean()).item()
     return {"in_range": in_range, "mean_image_corr": corr, "histogram_tv": tv,
             "std_ratio": ratio, "min": g.min().item(), "max": g.max().item()}
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
-def threads_arg(text: str) -> int | str:
-    return text if text == "auto" else positive_int(text)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
