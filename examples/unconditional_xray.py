@@ -24,8 +24,10 @@ where ``x0_hat = x_t - sigma eps_hat`` amplifies by sigma up to 50 in the same w
 ``--prediction x0`` avoids that. The VE variant is only smoke-tested here.
 
 Defaults are sized for a first run on a CPU: the phantom at 32x32, the ``tiny`` U-Net,
-40 epochs of the 512-image phantom (640 steps), DDIM 50 (measured so far only at
-16x16, 200 steps: in tests/test_unconditional_xray.py). Real data: pass ``--size 64`` (the stored
+40 epochs of the 512-image phantom (640 steps), DDIM 50. Measured 2026-12-02 on 2 idle
+CPU cores (Intel Xeon, torch's default threads): 156 s wall; 97.2 % of raw pixels in
+[-1, 1], mean-image correlation with the training images 0.990, histogram TV 0.080 —
+recognisable phantom X-rays. Real data: pass ``--size 64`` (the stored
 images) and, for the talk's model, ``--preset seed`` and more ``--epochs``.
 
 Writes to ``--out``: checkpoints, ``metrics.jsonl``, ``loss.png``, ``samples.png`` (top
