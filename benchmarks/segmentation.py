@@ -65,6 +65,7 @@ from scoregen.segmentation import (  # noqa: E402
     predict_masks,
     random_subset,
     segment,
+    segmentation_panels,
     uncertainty,
 )
 from scoregen.segmentation.calibration_study import (  # noqa: E402
@@ -74,7 +75,6 @@ from scoregen.segmentation.calibration_study import (  # noqa: E402
     fit_probability_temperature,
     near_region,
     temperature_scale,
-    uncertainty_error_panels,
 )
 
 DEFAULT_OPERATING = "ddim:1x1,ddim:1x4,ddim:1x8,ddim:2x4,dpmpp_2m:2x4,ddim:5x2,ddim:10x1"
@@ -499,9 +499,9 @@ def figures(args: argparse.Namespace, result: dict[str, Any], val: Study,
     maps.update({name: (peer_probs[name], binary_entropy(peer_probs[name]),
                         "binary entropy") for name in trained})
     for name, (prob, unc, label) in maps.items():
-        paths.append(uncertainty_error_panels(
+        paths.append(segmentation_panels(
             val.images[pick], val.masks[pick], prob[pick], unc[pick],
-            args.out / f"panels_{name}.png", uncertainty_label=label,
+            args.out / f"panels_{name}.png", uncertainty_label=label, error_threshold=0.5,
             title=f"{name}" + (f" ({best['name']})" if name == "diffusion" else ""),
             titles=[f"Val #{int(i)}" for i in pick]))
     return [str(p) for p in paths]

@@ -164,9 +164,7 @@ def train_peer(
         opt: torch.optim.Optimizer = torch.optim.Adam(net.parameters(), lr=lr)
         recipe = (f"MONAI UNet (16-256, 4 strides, 2 res units), DiceCELoss(sigmoid), "
                   f"Adam lr {lr:g}, batch {batch_size}, augment {train_ds.augment is not None}")
-
-        def lr_at(i: int) -> float:
-            return lr
+        schedule = sg.TrainConfig(lr=lr, max_steps=planned)  # constant lr
     else:
         if unet_config is None:
             raise ValueError("peer 'unet' needs unet_config (the diffusion U-Net's config)")
@@ -177,16 +175,12 @@ def train_peer(
         ema = sg.EMA(net, 0.999)
         loss_fn = _bce_dice
         opt = torch.optim.AdamW(net.parameters(), lr=lr)
-        warmup = min(100, planned // 10)
         recipe = (f"same U-Net as the diffusion model, BCE + soft Dice, AdamW lr {lr:g}, "
                   f"warm-up + cosine, EMA 0.999, batch {batch_size}, "
                   f"augment {train_ds.augment is not None}")
-
-        def lr_at(i: int) -> float:  # the diffusion runs' schedule: warm-up, cosine to 5 %
-            if i < warmup:
-                return lr * (i + 1) / warmup
-            frac = (i - warmup) / max(1, planned - warmup)
-            return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+        # the diffusion runs' schedule (examples/covid_qu_seg.py): warm-up, cosine to 5 %
+        schedule = sg.TrainConfig(lr=lr, warmup_steps=min(100, planned // 10),
+                                  lr_schedule="cosine", min_lr=0.05 * lr, max_steps=planned)
 
     params = sum(p.numel() for p in net.parameters())
     gen = torch.Generator().manual_seed(seed)
@@ -199,7 +193,7 @@ def train_peer(
         train_ds.set_epoch(epoch)
         for batch in loader:
             for group in opt.param_groups:
-                group["lr"] = lr_at(step)
+                group["lr"] = schedule.lr_at(step)
             target = (batch["mask"] + 1) / 2
             loss = loss_fn(net(batch["image"]), target)
             opt.zero_grad(set_to_none=True)

@@ -17,7 +17,7 @@ fly (deterministic by seed), and the output says so. Writes to ``--out`` (defaul
 size as ``run_info``), ``metrics.jsonl`` (the trainer's), ``loss.png`` (drawn from it
 here, every epoch), ``epochs.json``/``epochs.csv`` (validation metrics per epoch),
 ``results.json``/``results.md`` (the final table), ``figures/examples.png`` (X-ray |
-truth | prediction | uncertainty) and ``figures/dice.png``; the last lines printed say
+truth | prediction | uncertainty | error) and ``figures/dice.png``; the last lines printed say
 where each went.
 
 ``--evaluate RUN_OR_CHECKPOINT`` trains nothing: it scores a checkpoint file, or the
@@ -332,7 +332,7 @@ def save_figures(out: Path, model: sg.ScoreModel, ds: SegmentationDataset, idx: 
     kind = "synthetic phantom (not real X-rays)" if phantom else "COVID-QU-Ex"
     paths = [segmentation_panels(
         ds.images[show], ds.masks[show], output.fused, output.uncertainty,
-        figures / "examples.png", titles=titles,
+        figures / "examples.png", titles=titles, error_threshold=0.5,
         title=f"{args.task} segmentation, {kind}: {args.sampler} {args.sampling_steps} steps, "
               f"K = {k} draws fused by {args.fuse}")]
     if rows:

@@ -23,7 +23,6 @@ from scoregen.segmentation.calibration_study import (
     fit_probability_temperature,
     logit,
     temperature_scale,
-    uncertainty_error_panels,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -233,7 +232,11 @@ def test_calibration_study_refuses_bad_input(bad, message):
 
 def test_error_panels_have_five_columns(tmp_path):
     from PIL import Image
+
+    from scoregen.segmentation.panels import SEG_PANEL, segmentation_panels
     prob, truth, unc = _case()
-    path = uncertainty_error_panels(truth, truth, prob, unc, tmp_path / "p.png",
-                                    titles=[str(i) for i in range(6)])
-    assert Image.open(path).size == (int(100 * (2.2 * 5 + 0.6)), int(100 * (2.2 * 6 + 0.3)))
+    path = segmentation_panels(truth, truth, prob, unc, tmp_path / "p.png",
+                               titles=[str(i) for i in range(6)],
+                               uncertainty_label="binary entropy", error_threshold=0.5)
+    assert Image.open(path).size == (round(100 * (SEG_PANEL * 5 + 0.6)),
+                                     round(100 * (SEG_PANEL * 6 + 0.3)))

@@ -14,27 +14,22 @@ optional temperature ``T`` (Guo et al. 2017) applied as ``sigmoid(logit(p) / T)`
 ``p`` clamped to ``[1e-4, 1 - 1e-4]`` (a mean of K samples can be exactly 0 or 1);
 :func:`fit_probability_temperature` fits ``T`` on a tuning set (carved from Train, never
 Val). :func:`empty_truth_false_positives` is the false-positive rate on images whose true
-mask is empty (the Non-COVID / Normal infection masks). :func:`uncertainty_error_panels`
-draws image | truth | prediction | uncertainty | error rows.
+mask is empty (the Non-COVID / Normal infection masks). The image | truth | prediction |
+uncertainty | error rows are :func:`scoregen.segmentation.segmentation_panels` with
+``error_threshold``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from matplotlib.colors import ListedColormap, Normalize, PowerNorm
 from torch import Tensor
 
 from scoregen.metrics.calibration import calibration_metrics, fit_temperature, near_mask
-from scoregen.plotting import ArrayLike, PathLike, image_array, new_figure, png_path, save_png
 
 __all__ = ["LOGIT_EPS", "binary_entropy", "calibration_study", "empty_truth_false_positives",
-           "fit_probability_temperature", "logit", "near_region", "temperature_scale",
-           "uncertainty_error_panels"]
+           "fit_probability_temperature", "logit", "near_region", "temperature_scale"]
 
 #: Probabilities are clamped to ``[LOGIT_EPS, 1 - LOGIT_EPS]`` before ``logit``.
 LOGIT_EPS = 1e-4
@@ -168,77 +163,3 @@ def empty_truth_false_positives(pred: Tensor, truth: Tensor, threshold: float = 
     fg = (pred.detach()[empty] > threshold).flatten(1)
     return {"n_empty": n, "image_fpr": float(fg.any(1).float().mean()),
             "pixel_fpr": float(fg.float().mean())}
-
-
-#: Side of one panel of :func:`uncertainty_error_panels`, in inches.
-_PANEL = 2.2
-
-
-def uncertainty_error_panels(
-    images: ArrayLike,
-    truths: ArrayLike,
-    probs: ArrayLike,
-    uncertainty: ArrayLike,
-    path: PathLike,
-    *,
-    titles: Sequence[str] | None = None,
-    title: str | None = None,
-    uncertainty_label: str = "uncertainty",
-    threshold: float = 0.5,
-) -> Path:
-    """Rows of [X-ray | truth | probability | uncertainty | error of ``p > threshold``].
-
-    ``images`` and ``truths`` (N, 1, H, W) in [-1, 1]; ``probs`` in [0, 1];
-    ``uncertainty`` any non-negative map, drawn on a square-root scale from 0 to its
-    maximum over the figure; the error column shows false positives red and false
-    negatives blue. The PNG is ``100 (2.2 * 5 + 0.6)`` x ``100 (2.2 N + 0.3)`` pixels
-    (0.3 inch more with a title).
-    """
-    a = {k: image_array(v, k) for k, v in (("images", images), ("truths", truths),
-                                           ("probs", probs), ("uncertainty", uncertainty))}
-    shape = a["images"].shape
-    if shape[0] == 0 or shape[1] != 1:
-        raise ValueError(f"images must have shape (N >= 1, 1, H, W), got {shape}")
-    for k, v in a.items():
-        if v.shape != shape:
-            raise ValueError(f"{k} must have the shape of images {shape}, got {v.shape}")
-    if a["probs"].min() < 0 or a["probs"].max() > 1:
-        raise ValueError("probs must lie in [0, 1]")
-    if a["uncertainty"].min() < 0:
-        raise ValueError("uncertainty must be >= 0")
-    n = shape[0]
-    if titles is not None and len(titles) != n:
-        raise ValueError(f"titles must have one entry per image ({n}), got {len(titles)}")
-    truth = a["truths"] > 0
-    pred = a["probs"] > threshold
-    error = np.zeros(shape, dtype=np.float64)  # 0 right, 1 false positive, 2 false negative
-    error[pred & ~truth] = 1
-    error[~pred & truth] = 2
-    u_max = float(a["uncertainty"].max()) or 1.0
-    path = png_path(path)
-    fig = new_figure(_PANEL * 5 + 0.6, _PANEL * n + 0.3 + (0.3 if title else 0.0))
-    if title:
-        fig.suptitle(title, fontsize=10)
-    axes = fig.subplots(n, 5, squeeze=False)
-    heads = ("X-ray", "ground truth", "probability",
-             f"{uncertainty_label} (sqrt scale, max {u_max:.2g})",
-             "error: FP red, FN blue")
-    err_cmap = ListedColormap(["black", "tab:red", "tab:blue"])
-    for r in range(n):
-        cols = ((a["images"][r, 0], "gray", Normalize(-1, 1)),
-                (a["truths"][r, 0], "gray", Normalize(-1, 1)),
-                (a["probs"][r, 0], "gray", Normalize(0, 1)),
-                (a["uncertainty"][r, 0], "magma", PowerNorm(0.5, vmin=0, vmax=u_max)),
-                (error[r, 0], err_cmap, Normalize(0, 2)))
-        for q, (img, cmap, norm) in enumerate(cols):
-            ax = axes[r, q]
-            im = ax.imshow(img, cmap=cmap, norm=norm, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(heads[q], fontsize=8)
-            if q == 3:
-                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
-        if titles is not None:
-            axes[r, 0].set_ylabel(str(titles[r]), fontsize=8)
-    return save_png(fig, path)

@@ -1,9 +1,10 @@
-"""Figures of the X-ray application: rows of X-ray | truth | prediction | uncertainty.
+"""Figures of the X-ray application: rows of X-ray | truth | prediction | uncertainty
+(| error of the thresholded prediction).
 
 Built on the Agg-only pieces of :mod:`scoregen.plotting` (no pyplot state); the PNG has
-``100 (SEG_PANEL * 4 + 0.6)`` x ``100 (SEG_PANEL * N + 0.3)`` pixels (0.3 inch more
-with a title), ``SEG_PANEL = 2.4``
-inches, ``DPI = 100``.
+``100 (SEG_PANEL * C + 0.6)`` x ``100 (SEG_PANEL * N + 0.3)`` pixels for C = 4 columns (5
+with the error column; 0.3 inch more with a title), ``SEG_PANEL = 2.4`` inches,
+``DPI = 100``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from matplotlib.colors import Normalize, PowerNorm
+import numpy as np
+from matplotlib.colors import ListedColormap, Normalize, PowerNorm
 
 from scoregen.plotting import ArrayLike, PathLike, image_array, new_figure, png_path, save_png
 
@@ -37,8 +39,12 @@ def segmentation_panels(
     path: PathLike,
     titles: Sequence[str] | None = None,
     title: str | None = None,
+    *,
+    uncertainty_label: str | None = None,
+    error_threshold: float | None = None,
 ) -> Path:
-    """Rows of [X-ray | ground truth | prediction | pixel-wise uncertainty + colorbar].
+    """Rows of [X-ray | ground truth | prediction | pixel-wise uncertainty + colorbar],
+    and [error] with ``error_threshold``.
 
     Args:
         images: X-rays ``(N, 1, H, W)`` in [-1, 1] (the model's data space).
@@ -52,9 +58,13 @@ def segmentation_panels(
             the largest value of the figure (shared by its rows so they compare; 0.25,
             the largest possible, when all are 0), so a small disagreement is visible;
             the colour bar (in variance units) and the column head state the scale.
-        path: the PNG, ``100 (SEG_PANEL * 4 + 0.6)`` x ``100 (SEG_PANEL * N + 0.3)`` pixels.
+        path: the PNG, ``100 (SEG_PANEL * C + 0.6)`` x ``100 (SEG_PANEL * N + 0.3)`` pixels.
         titles: optional per-row labels (e.g. an image id and its Dice).
         title: optional figure title (e.g. "synthetic phantom" when the data is one).
+        uncertainty_label: another uncertainty than the Bernoulli variance (e.g. "binary
+            entropy" of a sigmoid): any map >= 0, drawn the same way, named in the head.
+        error_threshold: add a fifth column, the error of ``predictions > threshold``
+            against the truth: false positives red, false negatives blue.
     """
     arrays = {"images": images, "truths": truths, "predictions": predictions,
               "uncertainty": uncertainty}
@@ -67,7 +77,7 @@ def segmentation_panels(
             raise ValueError(f"{k} must have the shape of images {shape}, got {a.shape}")
     tol = 1e-6
     ranges = {"images": (-1, 1), "truths": (-1, 1), "predictions": (0, 1),
-              "uncertainty": (0, 0.25)}
+              "uncertainty": (0, 0.25 if uncertainty_label is None else np.inf)}
     hints = {"predictions": "; map samples in [-1, 1] with (x + 1) / 2",
              "uncertainty": "; pass the variance p (1 - p) of Bernoulli samples"}
     for k, (lo, hi) in ranges.items():
@@ -79,15 +89,21 @@ def segmentation_panels(
     if titles is not None and len(titles) != n:
         raise ValueError(f"titles must have one entry per image ({n}), got {len(titles)}")
     path = png_path(path)
-    fig = new_figure(SEG_PANEL * 4 + 0.6, SEG_PANEL * n + 0.3 + (0.3 if title else 0.0))
+    u_max = uncertainty_scale(arrs["uncertainty"])
+    heads = ["X-ray", "ground truth", "prediction",
+             f"uncertainty: {uncertainty_label or 'variance'}, sqrt scale (max {u_max:.2g})"]
+    specs = [("images", "gray", -1, 1), ("truths", "gray", -1, 1),
+             ("predictions", "gray", 0, 1), ("uncertainty", "magma", 0, u_max)]
+    if error_threshold is not None:  # 0 right, 1 false positive, 2 false negative
+        truth, pred = arrs["truths"] > 0, arrs["predictions"] > error_threshold
+        arrs["error"] = np.where(pred & ~truth, 1.0, np.where(~pred & truth, 2.0, 0.0))
+        heads.append("error: FP red, FN blue")
+        specs.append(("error", ListedColormap(["black", "tab:red", "tab:blue"]), 0, 2))
+    fig = new_figure(SEG_PANEL * len(specs) + 0.6,
+                     SEG_PANEL * n + 0.3 + (0.3 if title else 0.0))
     if title:
         fig.suptitle(title, fontsize=10)
-    axes = fig.subplots(n, 4, squeeze=False)
-    u_max = uncertainty_scale(arrs["uncertainty"])
-    heads = ("X-ray", "ground truth", "prediction",
-             f"uncertainty: variance, sqrt scale (max {u_max:.2g})")
-    specs = (("images", "gray", -1, 1), ("truths", "gray", -1, 1),
-             ("predictions", "gray", 0, 1), ("uncertainty", "magma", 0, u_max))
+    axes = fig.subplots(n, len(specs), squeeze=False)
     for r in range(n):
         for q, (key, cmap, vmin, vmax) in enumerate(specs):
             ax = axes[r, q]
