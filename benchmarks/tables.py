@@ -24,7 +24,7 @@ from typing import Any
 
 __all__ = ["DOC_TABLES", "calibration_k_table", "calibration_table", "cross_domain_table",
            "empty_truth_table", "fill_doc", "markdown", "operating_table", "peers_table",
-           "reference_runs_table", "summary_table", "sweep_table"]
+           "reference_runs_table", "summary_table", "sweep_table", "ablation_table"]
 
 
 def _f(x: Any, digits: int = 4) -> str:
@@ -223,10 +223,44 @@ def reference_runs_table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _recipe(run: dict[str, Any]) -> dict[str, Any]:
+    """A run's training settings: its ``recipe`` record, or (results files written before
+    the record existed) its recorded command parsed by the example's own parser."""
+    if "recipe" in run:
+        return run["recipe"]
+    import importlib.util
+    import shlex
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "covid_qu_seg.py"
+    spec = importlib.util.spec_from_file_location("_covid_qu_seg", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)  # type: ignore[union-attr]
+    args = example.parse_args(shlex.split(run["command"])[1:])
+    return example.recipe_of(args)
+
+
+def ablation_table(runs: list[dict[str, Any]]) -> str:
+    """Reference runs side by side with what differs between them: preset, auxiliary loss
+    and its weighting over t, augmentation, length; the run's own final Dice."""
+    lines = ["| run | preset | aux loss (weighting) | augment | steps (epochs) | training s "
+             "| final eval | Dice (all) | Dice (COVID-19) | sensitivity (COVID-19) |",
+             "| --- | --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: |"]
+    for r in runs:
+        rec, m = _recipe(r), r["metrics"]
+        aux = "none" if rec["aux_loss"] == "none" else f"{rec['aux_loss']} ({rec['aux_weighting']})"
+        out = Path(r["checkpoint"]).parent.parent.name
+        lines.append(f"| {out} | {rec['preset']} | {aux} | {'yes' if rec['augment'] else 'no'} "
+                     f"| {r['steps']:,} ({r['epochs']}) | {r['train_seconds']:.0f} | "
+                     f"{r['protocol'].split(';')[0].split(', micro')[0]} | {_dice(m, 'all')} | "
+                     f"{_dice(m, 'COVID-19')} | {_f(m.get('COVID-19', {}).get('sensitivity'))} |")
+    return "\n".join(lines)
+
+
 #: name -> function of the loaded results files, for ``<!-- table: NAME FILES -->`` blocks.
 DOC_TABLES = {
     "summary": summary_table,
     "reference_runs": reference_runs_table,
+    "ablation": ablation_table,
     "operating": lambda rs: operating_table(rs[0]),
     "peers": lambda rs: peers_table(rs[0]),
     "calibration_k": lambda rs: calibration_k_table(rs[0]),

@@ -223,6 +223,15 @@ def run_info(args: argparse.Namespace) -> dict[str, Any]:
             "holdout": {"n": args.holdout, "seed": args.seed}}
 
 
+def recipe_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The training settings a results file is compared by (benchmarks/tables.py)."""
+    return {"preset": preset_of(args), "cond": args.cond, "prediction": args.prediction,
+            "augment": bool(args.augment), "holdout": args.holdout,
+            "aux_loss": args.aux_loss, "aux_weight": args.aux_weight,
+            "aux_weighting": args.aux_weighting, "batch_size": args.batch_size,
+            "lr": args.lr, "ema_decay": args.ema_decay}
+
+
 def preset_of(args: argparse.Namespace) -> str:
     return args.preset or ("small" if args.data_root is not None else "tiny")
 
@@ -434,7 +443,8 @@ def train_and_evaluate(args: argparse.Namespace, out: Path, train_ds: Segmentati
         "data_root": None if args.data_root is None else str(args.data_root),
         "protocol": protocol_note(args, len(eval_idx)),
         "preset": preset_of(args),
-        "prediction": args.prediction, "steps": trainer.global_step, "epochs": trainer.epoch,
+        "prediction": args.prediction, "recipe": recipe_of(args),
+        "steps": trainer.global_step, "epochs": trainer.epoch,
         "train_seconds": round(trainer.train_seconds, 1), "device": str(device),
         "threads": threads, "hardware": devices.describe_device(device),
         "command": " ".join(sys.argv), "commit": git_commit(__file__), "metrics": final,

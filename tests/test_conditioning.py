@@ -36,10 +36,12 @@ def options(name: str) -> dict:
     return OPTIONS.get(name, {"steps": 2})
 
 
-def make_unet(cond_mode: str | None = "add", cond_channels: int = 1) -> sg.UNet:
+def make_unet(cond_mode: str | None = "add", cond_channels: int = 1,
+              patch_size: int = 1) -> sg.UNet:
     torch.manual_seed(0)
     config = sg.UNetConfig.from_preset("tiny", cond_mode=cond_mode,
-                                       cond_channels=cond_channels if cond_mode else 0)
+                                       cond_channels=cond_channels if cond_mode else 0,
+                                       patch_size=patch_size)
     return sg.UNet(config).eval()
 
 
@@ -250,9 +252,11 @@ def count_encoder_calls(net: sg.UNet) -> list[int]:
     return calls
 
 
-@pytest.mark.parametrize("name", ["ddim", "ancestral", "dpmpp_2m"])
-def test_an_encoded_condition_gives_the_same_samples_with_one_encoder_call(name: str):
-    net = make_unet("add")
+@pytest.mark.parametrize("name, patch_size", [("ddim", 1), ("ancestral", 1), ("dpmpp_2m", 1),
+                                              ("ddim", 2)])
+def test_an_encoded_condition_gives_the_same_samples_with_one_encoder_call(name, patch_size):
+    net = make_unet("add", patch_size=patch_size)
+    p = patch_size
     encoder_calls = count_encoder_calls(net)
     model = sg.ScoreModel(net, sg.VPSDE())
     _, cond = inputs()
@@ -266,7 +270,7 @@ def test_an_encoded_condition_gives_the_same_samples_with_one_encoder_call(name:
         raw_calls = encoder_calls[0]
         encoded = net.encode_condition(cond)
         assert isinstance(encoded, sg.nn.EncodedCondition)
-        assert encoded.shape == (BATCH, net.config.level_channels[0], SIZE, SIZE)
+        assert encoded.shape == (BATCH, net.config.level_channels[0], SIZE // p, SIZE // p)
         fast = draw(encoded)
     assert raw_calls >= 3  # G runs at every network call on the raw image
     assert encoder_calls[0] - raw_calls == 1  # ...and once with the encoding
@@ -288,6 +292,8 @@ BAD_ENCODED = {
     "width": ("add", (BATCH, 4, SIZE, SIZE), r"features must have shape \(B, C_0, H, W\) = "
                                              r"\(2, 8, 16, 16\)"),
     "size": ("add", (BATCH, 8, SIZE // 2, SIZE // 2), r"features must have shape"),
+    "full-size-for-patches": ("add-p2", (BATCH, 8, SIZE, SIZE),
+                              r"\(2, 8, 8, 8\) .*patch_size 2"),
     "concat-net": ("concat", (BATCH, 8, SIZE, SIZE), r"only fits cond_mode='add'"),
     "unconditional-net": (None, (BATCH, 8, SIZE, SIZE), r"only fits cond_mode='add'"),
 }
@@ -296,7 +302,7 @@ BAD_ENCODED = {
 @pytest.mark.parametrize("case", list(BAD_ENCODED))
 def test_a_wrong_encoded_condition_is_refused_before_the_sampler_moves(case: str):
     cond_mode, shape, message = BAD_ENCODED[case]
-    net = make_unet(cond_mode)
+    net = make_unet("add", patch_size=2) if cond_mode == "add-p2" else make_unet(cond_mode)
     assert net.config.level_channels[0] == 8  # the width the regexes name
     convs = count_stem_convs(net)
     bad = sg.nn.EncodedCondition(torch.randn(shape))

@@ -39,3 +39,22 @@ def test_a_block_is_refilled_from_its_file(tmp_path):
     assert filled.startswith("before\n") and filled.endswith("<!-- /table -->\nafter\n")
     with pytest.raises(ValueError, match="unknown table"):
         tables.fill_doc("<!-- table: nope r.json -->\n<!-- /table -->", tmp_path)
+
+
+def test_the_ablation_table_reads_the_recipe_or_parses_the_recorded_command():
+    """A results file written before ``recipe`` existed is read through the example's own
+    parser, so its defaults (preset small on real data, aux weighting alpha2) are exact."""
+    tables = _tables()
+    base = {"steps": 2160, "epochs": 20, "train_seconds": 3773.8, "checkpoint":
+            "runs/ref_infection/checkpoints/step_00002160.safetensors",
+            "protocol": "446 validation images, ddim with 2 steps, micro metrics; x",
+            "metrics": {"all": {"dice": 0.7}, "COVID-19": {"dice": 0.75, "sensitivity": 0.69}}}
+    old = {**base, "command": "examples/covid_qu_seg.py --data-root /data --task infection "
+                              "--aux-loss dice_bce --no-augment"}
+    new = {**base, "recipe": {"preset": "fast", "aux_loss": "dice_bce",
+                              "aux_weighting": "uniform", "augment": True}}
+    rows = tables.ablation_table([old, new]).splitlines()[2:]
+    assert rows[0].startswith("| ref_infection | small | dice_bce (alpha2) | no | 2,160 (20) "
+                              "| 3774 | 446 validation images, ddim with 2 steps | 0.7000 | "
+                              "0.7500 | 0.6900 |")
+    assert "| fast | dice_bce (uniform) | yes |" in rows[1]

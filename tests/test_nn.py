@@ -330,6 +330,57 @@ def test_tiny_net_overfits_one_batch() -> None:
     assert losses[-1] < losses[0] / 10, f"loss {losses[0]:.3g} -> {losses[-1]:.3g}"
 
 
+# --------------------------------------------------------------------------- patches
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_patches_move_the_finest_level_to_half_resolution(mode: str) -> None:
+    """patch_size 2: the stem sees (B, 4 C, H/2, W/2) and the output is back at (H, W)."""
+    net = make_net("tiny", mode, in_channels=3, out_channels=2, patch_size=2)
+    assert net.config.level_factors == (2, 4, 8) and net.config.downsample_factor == 8
+    seen = []
+    net.stem.register_forward_hook(lambda m, args, out: seen.append(tuple(out.shape)))
+    x, t, cond = make_inputs(net, height=16, width=24)
+    with torch.no_grad():
+        out = net(x, t, cond)
+    assert out.shape == (2, 2, 16, 24)
+    assert seen == [(2, net.config.level_channels[0], 8, 12)]
+    assert net.stem.conv.in_channels == (3 + (2 if mode == "concat" else 0)) * 4
+
+
+def test_patches_keep_pixel_resolution() -> None:
+    """Depth-to-space gives every output pixel its own channel: a patch_size 2 net fits a
+    one-pixel checkerboard (which a 2x down/up-sampling without it could not)."""
+    torch.manual_seed(0)
+    net = make_net("tiny", "uncond", patch_size=2).train()
+    x, t, _ = make_inputs(net, batch=2)
+    ii, jj = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
+    target = ((ii + jj) % 2).float().expand(2, 1, 16, 16) * 2 - 1  # +-1 checkerboard
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(300):
+        loss = F.mse_loss(net(x, t), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if loss.item() < 0.01:
+            break
+    assert loss.item() < 0.01, f"checkerboard MSE {loss.item():.3g} (1.0 for a blur)"
+
+
+def test_patches_gradient_reaches_every_parameter() -> None:
+    net = make_net("tiny", "add", patch_size=2).train()
+    x, t, cond = make_inputs(net)
+    (net(x, t, cond) - torch.randn_like(x)).square().mean().backward()
+    no_grad = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.any()]
+    assert not no_grad, f"parameters without gradient: {no_grad}"
+
+
+def test_a_config_saved_before_patches_reads_as_patch_size_1() -> None:
+    saved = UNetConfig.from_preset("tiny").to_dict()
+    del saved["patch_size"]
+    assert UNetConfig.from_dict(saved) == UNetConfig.from_preset("tiny")
+
+
 # --------------------------------------------------------------------------- config
 
 
@@ -414,6 +465,17 @@ BAD_CONFIGS = {
     ),
     "dropout": (lambda: UNetConfig(dropout=1.0), ValueError, r"dropout must be in \[0, 1\)"),
     "empty-mults": (lambda: UNetConfig(channel_mults=()), ValueError, "non-empty"),
+    "patch-size": (lambda: UNetConfig(patch_size=0), ValueError, r"patch_size must be >= 1"),
+    "patch-attention-factor": (
+        lambda: UNetConfig(patch_size=2, attention_resolutions=(1,)),
+        ValueError,
+        r"one of \(2, 4, 8, 16\).*\[1\]",
+    ),
+    "patch-size-saved": (
+        lambda: UNetConfig.from_dict(_full_dict(patch_size=4096)),
+        ValueError,
+        r"patch_size = 4096, above the bound",
+    ),
     "unet-from-dict": (lambda: UNet(UNetConfig().to_dict()), TypeError, "expects a UNetConfig"),
 }
 

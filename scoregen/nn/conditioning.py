@@ -98,17 +98,20 @@ def prepare_condition(
     cond_channels: int,
     cond_mode: str | None,
     encoded_channels: int | None = None,
+    patch_size: int = 1,
 ) -> Tensor | EncodedCondition | None:
     """Validate ``cond: (B, cond_channels, H, W)`` against ``x: (B, C, H, W)``.
 
     Returns ``None`` for an unconditional network, zeros of the right shape when a
     conditional network gets ``cond=None``, else ``cond`` cast to ``x``'s device and dtype.
     An :class:`EncodedCondition` (``cond_mode="add"`` only) must have features of shape
-    ``(B, encoded_channels, H, W)``; it is returned with its features cast likewise.
+    ``(B, encoded_channels, H / patch_size, W / patch_size)`` (the stem's resolution); it
+    is returned with its features cast likewise.
     """
     batch, _, height, width = x.shape
     if isinstance(cond, EncodedCondition):
-        return _prepare_encoded(cond, x, cond_mode=cond_mode, channels=encoded_channels)
+        return _prepare_encoded(cond, x, cond_mode=cond_mode, channels=encoded_channels,
+                                patch_size=patch_size)
     expected = f"(B, cond_channels, H, W) = ({batch}, {cond_channels}, {height}, {width})"
     if cond_mode is None:
         if cond is not None:
@@ -147,7 +150,8 @@ def prepare_condition(
 
 
 def _prepare_encoded(
-    cond: EncodedCondition, x: Tensor, *, cond_mode: str | None, channels: int | None
+    cond: EncodedCondition, x: Tensor, *, cond_mode: str | None, channels: int | None,
+    patch_size: int = 1,
 ) -> EncodedCondition:
     """Check an encoded condition's features against ``x`` (see :func:`prepare_condition`)."""
     if cond_mode != "add":
@@ -156,13 +160,14 @@ def _prepare_encoded(
             f"network has cond_mode={cond_mode!r}: pass the condition image as a tensor"
         )
     batch, _, height, width = x.shape
+    height, width = height // patch_size, width // patch_size
     f = cond.features
     expected = f"(B, C_0, H, W) = ({batch}, {channels}, {height}, {width})"
     if f.shape[0] != batch or (channels is not None and f.shape[1] != channels) or tuple(
             f.shape[-2:]) != (height, width):
         raise ValueError(
             f"encoded condition features must have shape {expected} (batch of x, the "
-            f"stem's width, x's size); got {tuple(f.shape)}"
+            f"stem's width, x's size / patch_size {patch_size}); got {tuple(f.shape)}"
         )
     if f.device == x.device and f.dtype == x.dtype:
         return cond
@@ -216,7 +221,11 @@ class ConditionalStem(nn.Module):
     """The U-Net's input layer: ``x_t`` (and the condition) -> the first feature map.
 
     ``x: (B, in_channels, H, W), cond: (B, cond_channels, H, W) | None`` ->
-    ``(B, out_channels, H, W)``; see the module docstring for ``cond_mode``.
+    ``(B, out_channels, H / p, W / p)``, ``p = patch_size``; see the module docstring for
+    ``cond_mode``. With ``p > 1`` both images are first folded into ``p * p`` times the
+    channels at ``1 / p`` of the resolution (space-to-depth, ``F.pixel_unshuffle``), as in
+    simple diffusion (Hoogeboom et al. 2023, arXiv:2301.11093, Sec. 3.3): the costly
+    full-resolution level is gone, no pixel is dropped.
     """
 
     def __init__(
@@ -228,41 +237,52 @@ class ConditionalStem(nn.Module):
         *,
         encoder_depth: int = 2,
         groups: int = 32,
+        patch_size: int = 1,
     ) -> None:
         super().__init__()
         check_cond_mode(cond_mode, cond_channels)
+        if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
+            raise ValueError(f"ConditionalStem: patch_size must be an int >= 1; got {patch_size!r}")
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.cond_channels = cond_channels
         self.cond_mode = cond_mode
-        conv_in = in_channels + cond_channels if cond_mode == "concat" else in_channels
+        self.patch_size = p = patch_size
+        conv_in = (in_channels + cond_channels if cond_mode == "concat" else in_channels) * p * p
         self.conv = nn.Conv2d(conv_in, out_channels, kernel_size=3, padding=1)
         self.encoder = (
-            ConditionEncoder(cond_channels, out_channels, depth=encoder_depth, groups=groups)
+            ConditionEncoder(cond_channels * p * p, out_channels, depth=encoder_depth,
+                             groups=groups)
             if cond_mode == "add"
             else None
         )
+
+    def _fold(self, image: Tensor) -> Tensor:
+        """``(B, C, H, W) -> (B, C * p * p, H / p, W / p)`` (space-to-depth)."""
+        return F.pixel_unshuffle(image, self.patch_size) if self.patch_size > 1 else image
 
     def prepare(
         self, x: Tensor, cond: Tensor | EncodedCondition | None
     ) -> Tensor | EncodedCondition | None:
         """:func:`prepare_condition` with this stem's channels (and width, if encoded)."""
         return prepare_condition(cond, x, cond_channels=self.cond_channels,
-                                 cond_mode=self.cond_mode, encoded_channels=self.out_channels)
+                                 cond_mode=self.cond_mode, encoded_channels=self.out_channels,
+                                 patch_size=self.patch_size)
 
     def encode(self, cond: Tensor) -> EncodedCondition:
         """``G(cond)`` wrapped, for ``cond_mode="add"``; ``cond`` already validated."""
         if self.encoder is None:
             raise ValueError(f"only cond_mode='add' has a condition encoder; this stem has "
                              f"cond_mode={self.cond_mode!r}")
-        return EncodedCondition(self.encoder(cond))  # (B, C0, H, W)
+        return EncodedCondition(self.encoder(self._fold(cond)))  # (B, C0, H / p, W / p)
 
     def forward(self, x: Tensor, cond: Tensor | EncodedCondition | None = None) -> Tensor:
         c = self.prepare(x, cond)  # (B, C_cond, H, W), EncodedCondition or None
+        h = self._fold(x)  # (B, C_in * p * p, H / p, W / p)
         if isinstance(c, EncodedCondition):
-            return self.conv(x) + c.features  # F(x_t) + G(I), G(I) precomputed: (B, C0, H, W)
+            return self.conv(h) + c.features  # F(x_t) + G(I), G(I) precomputed: (B, C0, H/p, W/p)
         if self.cond_mode == "concat":
-            return self.conv(torch.cat([x, c], dim=1))  # (B, C0, H, W)
+            return self.conv(torch.cat([h, self._fold(c)], dim=1))  # (B, C0, H / p, W / p)
         if self.cond_mode == "add":
-            return self.conv(x) + self.encoder(c)  # F(x_t) + G(I): (B, C0, H, W)
-        return self.conv(x)  # (B, C0, H, W)
+            return self.conv(h) + self.encoder(self._fold(c))  # F(x_t) + G(I): (B, C0, H/p, W/p)
+        return self.conv(h)  # (B, C0, H / p, W / p)

@@ -15,13 +15,19 @@ PixelCNN++-style U-Net (Ronneberger et al. 2015, arXiv:1505.04597), as the talk
 - linear attention after the residual blocks of the levels listed in
   ``attention_resolutions``, full attention in the middle (lowest resolution);
 - the condition image enters at the input, by concatenation or by SegDiff's addition
-  (see ``scoregen.nn.conditioning``).
+  (see ``scoregen.nn.conditioning``);
+- ``patch_size = p > 1`` folds ``p x p`` pixels into channels before the first level
+  (space-to-depth) and unfolds the output (depth-to-space, ``F.pixel_shuffle``), as in
+  simple diffusion (Hoogeboom et al. 2023, arXiv:2301.11093): the network's finest level
+  runs at ``H / p``. At 64x64 most of a step's cost sits in the full-resolution level;
+  ``p = 2`` removes it without dropping a pixel (MONAI's segmentation U-Net gets the same
+  saving from its stride-2 first conv).
 
 ``attention_resolutions`` are **down-sampling factors** relative to the input (1 = full
 resolution, 2 = half, ...), as improved-diffusion's ``attention_resolutions``; so a config
 works at every input size. At 64x64 with ``channel_mults=(1, 2, 4, 8)`` the levels have
 factors 1, 2, 4, 8, i.e. 64, 32, 16 and 8 pixels, and ``(4, 8)`` puts attention at 16x16
-and 8x8.
+and 8x8. With ``patch_size=2`` the same mults give factors 2, 4, 8, 16.
 
 Initialisation: PyTorch's default everywhere, no zero-initialised output layers, so at
 initialisation the gradient reaches every parameter.
@@ -80,6 +86,24 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
         "time_embed_dim": 64,
         "cond_encoder_depth": 1,
     },
+    # "small" without its 64x64 level: 2x2 patches (32x32 with 4 channels), then
+    # 32 -> 16 -> 8 -> 4, widths 16..128 as MONAI's segmentation UNet(16..256) has at those
+    # sizes, attention at 8 and 4. A training step at batch 32 and 1 CPU thread measured
+    # 0.86 s against 2.06 s for "small" (MONAI's: 0.38 s), so an hour buys 2.4x the epochs.
+    "fast": {
+        "base_channels": 16,
+        "channel_mults": (1, 2, 4, 8),
+        "num_res_blocks": 1,
+        "attention_resolutions": (8, 16),
+        "mid_attention": True,
+        "attention_heads": 4,
+        "attention_head_dim": 16,
+        "dropout": 0.0,
+        "norm_groups": 8,
+        "time_embed_dim": 64,
+        "cond_encoder_depth": 1,
+        "patch_size": 2,
+    },
     # The talk's model at 64x64: base 64, 64 -> 32 -> 16 -> 8, attention at 16 and 8.
     "seed": {
         "base_channels": 64,
@@ -133,6 +157,8 @@ class UNetConfig:
         time_embed_dim: width of the time embedding (``None``: ``4 * base_channels``).
         time_scale: the net embeds ``t * time_scale``.
         cond_encoder_depth: residual blocks of SegDiff's condition encoder (``"add"`` only).
+        patch_size: ``p``; the finest level runs at ``H / p`` (space-to-depth stem,
+            depth-to-space head). ``from_dict`` reads a config saved without it as 1.
     """
 
     in_channels: int = 1
@@ -151,6 +177,7 @@ class UNetConfig:
     time_embed_dim: int | None = None
     time_scale: float = 1000.0
     cond_encoder_depth: int = 2
+    patch_size: int = 1
 
     def __post_init__(self) -> None:
         # Normalise JSON lists to tuples (keeps the frozen config hashable).
@@ -170,6 +197,7 @@ class UNetConfig:
         _check_int("attention_head_dim", self.attention_head_dim, 1)
         _check_int("norm_groups", self.norm_groups, 1)
         _check_int("cond_encoder_depth", self.cond_encoder_depth, 0)
+        _check_int("patch_size", self.patch_size, 1)
         if self.time_embed_dim is not None:
             _check_int("time_embed_dim", self.time_embed_dim, 1)
         if not isinstance(self.mid_attention, bool):
@@ -211,13 +239,13 @@ class UNetConfig:
 
     @property
     def level_factors(self) -> tuple[int, ...]:
-        """Down-sampling factor of each level, ``2**l``."""
-        return tuple(2**level for level in range(len(self.channel_mults)))
+        """Down-sampling factor of each level, ``patch_size * 2**l``."""
+        return tuple(self.patch_size * 2**level for level in range(len(self.channel_mults)))
 
     @property
     def downsample_factor(self) -> int:
         """Total down-sampling; the input's H and W must be multiples of it."""
-        return 2 ** (len(self.channel_mults) - 1)
+        return self.level_factors[-1]
 
     @property
     def embed_dim(self) -> int:
@@ -240,6 +268,8 @@ class UNetConfig:
         unknown = sorted(set(data) - set(names))
         if unknown:
             raise ValueError(f"unknown UNetConfig keys {unknown}; valid keys: {names}")
+        # Fields added after the first release read as their old behaviour when absent.
+        data = {**_ADDED_FIELDS, **data}
         missing = [n for n in names if n not in data]
         if missing:
             raise ValueError(
@@ -261,6 +291,9 @@ class UNetConfig:
         return cls(**{**UNET_PRESETS[name], **overrides})
 
 
+#: Fields added after the first saved checkpoints, with the value that reproduces them.
+_ADDED_FIELDS: dict[str, Any] = {"patch_size": 1}
+
 # Upper bounds on the sizes a saved config may ask for, checked before anything is
 # allocated: a crafted file with base_channels 65536 would otherwise build ~150 GB of
 # weights. The largest published diffusion U-Nets stay far below them.
@@ -268,6 +301,7 @@ MAX_LEVEL_CHANNELS = 8192
 MAX_LEVELS = 12
 MAX_RES_BLOCKS = 64
 MAX_EMBED_DIM = 32768
+MAX_PATCH_SIZE = 64
 
 
 def _check_saved_sizes(data: Mapping[str, Any]) -> None:
@@ -283,6 +317,7 @@ def _check_saved_sizes(data: Mapping[str, Any]) -> None:
         ("len(channel_mults)", len(data.get("channel_mults") or ()), MAX_LEVELS),
         ("num_res_blocks", max(ints(data.get("num_res_blocks")) or [0]), MAX_RES_BLOCKS),
         ("time_embed_dim", max(ints(data.get("time_embed_dim")) or [0]), MAX_EMBED_DIM),
+        ("patch_size", max(ints(data.get("patch_size")) or [1]), MAX_PATCH_SIZE),
         ("attention_heads * attention_head_dim",
          max(ints(data.get("attention_heads")) or [1])
          * max(ints(data.get("attention_head_dim")) or [1]), MAX_LEVEL_CHANNELS),
@@ -338,7 +373,7 @@ class UNet(nn.Module):
             return ResBlock(cin, cout, emb_dim, dropout=c.dropout, groups=groups, **kw)
 
         def linear_attn(ch: int, level: int) -> LinearAttention | None:
-            if 2**level not in c.attention_resolutions:
+            if c.level_factors[level] not in c.attention_resolutions:
                 return None
             return LinearAttention(ch, c.attention_heads, c.attention_head_dim, groups)
 
@@ -351,6 +386,7 @@ class UNet(nn.Module):
             c.cond_mode,
             encoder_depth=c.cond_encoder_depth,
             groups=groups,
+            patch_size=c.patch_size,
         )
 
         skips = [ch]
@@ -386,7 +422,8 @@ class UNet(nn.Module):
                 self.up.append(_Stage(block, linear_attn(level_ch, level), upsample))
 
         self.out_norm = nn.GroupNorm(groups, ch)
-        self.out_conv = nn.Conv2d(ch, c.out_channels, kernel_size=3, padding=1)
+        p2 = c.patch_size**2
+        self.out_conv = nn.Conv2d(ch, c.out_channels * p2, kernel_size=3, padding=1)
 
     def _check_inputs(self, x: Tensor, t: Tensor | float) -> Tensor:
         """Validate ``x`` and return ``t`` as a floating tensor of shape ``(B,)``."""
@@ -407,8 +444,9 @@ class UNet(nn.Module):
         height, width = x.shape[-2:]
         if height % f or width % f:
             raise ValueError(
-                f"x's height and width must be divisible by {f} (the U-Net halves the "
-                f"resolution {len(c.channel_mults) - 1} times); got {height}x{width}. "
+                f"x's height and width must be divisible by {f} (patch_size "
+                f"{c.patch_size}, then the U-Net halves the resolution "
+                f"{len(c.channel_mults) - 1} times); got {height}x{width}. "
                 f"Nearest valid sizes: height {_nearest_multiples(height, f)}, "
                 f"width {_nearest_multiples(width, f)}"
             )
@@ -478,17 +516,19 @@ class UNet(nn.Module):
         t = self._check_inputs(x, t)  # (B,)
         emb = self.time_embed(t)  # (B, E)
         h = x.to(self.out_conv.weight.dtype)  # (B, C_in, H, W)
-        h = self.stem(h, cond)  # (B, C_0, H, W)
+        h = self.stem(h, cond)  # (B, C_0, H / p, W / p)
         skips = [h]
         for stage in self.down:
-            h = stage(h, emb)  # (B, C_l, H / 2**l, W / 2**l)
+            h = stage(h, emb)  # (B, C_l, H / (p 2**l), W / (p 2**l))
             skips.append(h)
         h = self.mid_block1(h, emb)  # (B, C_L, H / f, W / f)
         h = self.mid_attn(h)  # (B, C_L, H / f, W / f)
         h = self.mid_block2(h, emb)  # (B, C_L, H / f, W / f)
         for stage in self.up:
-            h = stage(torch.cat([h, skips.pop()], dim=1), emb)  # (B, C_l, H / 2**l, W / 2**l)
-        out = self.out_conv(F.silu(self.out_norm(h)))  # (B, C_out, H, W)
+            h = stage(torch.cat([h, skips.pop()], dim=1), emb)  # (B, C_l, H/(p 2**l), ...)
+        out = self.out_conv(F.silu(self.out_norm(h)))  # (B, C_out * p * p, H / p, W / p)
+        if self.config.patch_size > 1:
+            out = F.pixel_shuffle(out, self.config.patch_size)  # (B, C_out, H, W)
         return out.to(x.dtype)
 
 
