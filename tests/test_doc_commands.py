@@ -23,7 +23,7 @@ PAGES = [ROOT / "README.md", ROOT / "benchmarks" / "README.md",
 #: Scripts whose parser is a module-level ``parse_args(argv)``.
 PARSERS = ("examples/covid_qu_seg.py", "examples/unconditional_xray.py",
            "benchmarks/segmentation.py", "benchmarks/throughput.py", "benchmarks/host_times.py",
-           "benchmarks/samplers.py", "benchmarks/synthesis.py")
+           "benchmarks/samplers.py", "benchmarks/synthesis.py", "benchmarks/likelihood.py")
 _FENCE = re.compile(r"^```(\S*)\s*$")
 
 
