@@ -52,12 +52,16 @@ from torch import Tensor
 from torchmetrics.functional.classification import binary_auroc
 from tqdm.auto import tqdm
 
-import scoregen as sg
-from scoregen import devices
-from scoregen.cli_types import positive_int
-from scoregen.plotting import new_figure, png_path, save_png
-from scoregen.provenance import git_commit
-from scoregen.segmentation import (
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tables
+
+import tables  # noqa: E402
+
+import scoregen as sg  # noqa: E402
+from scoregen import devices  # noqa: E402
+from scoregen.cli_types import positive_int  # noqa: E402
+from scoregen.plotting import new_figure, png_path, save_png  # noqa: E402
+from scoregen.provenance import git_commit  # noqa: E402
+from scoregen.segmentation import (  # noqa: E402
     CovidQUDataset,
     PhantomDataset,
     per_image_dice,
@@ -297,10 +301,6 @@ def conditional_study(args: argparse.Namespace) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- outputs
 
 
-def _f(x: Any, digits: int = 3) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"# Likelihoods ({result['date']}, {result['hardware']})", "",
              f"`{result['command']}` (commit {result['git_commit']}, "
@@ -310,31 +310,13 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["## Bits/dim of X-rays under the unconditional model", "",
                   f"{u['dequantisation']}; {result['probes']} Hutchinson probes per image; "
                   f"AUROC: telling the domain from {u['reference_domain']} by bits/dim.", "",
-                  "| domain | images | bits/dim | SE (images) | SE (Hutchinson, per image) "
-                  "| AUROC vs reference | NFE |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        for name, r in u["domains"].items():
-            lines.append(f"| {name} | {r['n']} | {_f(r['bits_per_dim'])} | "
-                         f"{_f(r['se_over_images'])} | {_f(r['hutchinson_se_per_image'])} | "
-                         f"{_f(r.get('ood_auroc'))} | {r['nfe']} |")
-        lines.append("")
+                  tables.likelihood_domains_table(result), ""]
     if "conditional" in result:
         c = result["conditional"]
         lines += [f"## log p(mask | X-ray) of the {c['task']} model", "",
                   f"Own masks: {c['masks_from']}. Bits/dim of the mask density smoothed at "
                   f"t_eps = {c['t_eps']:g} (lower = more likely). A mask is bad below Dice "
-                  f"{c['dice_threshold']}.", "",
-                  "| images | n | mean Dice | bad masks | bits/dim own | bits/dim true | "
-                  "true more likely | AUROC (bad mask) | Pearson (bpd, Dice) | "
-                  "Spearman | AUROC (domain) |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        for name, r in c["sets"].items():
-            lines.append(f"| {name} | {r['n']} | {_f(r['dice_mean'], 4)} | {r['bad_masks']} | "
-                         f"{_f(r['own_mask']['bits_per_dim'])} | "
-                         f"{_f(r['true_mask']['bits_per_dim'])} | {_f(r['true_more_likely'])} "
-                         f"| {_f(r['auroc_bad_mask'])} | {_f(r['pearson_bpd_dice'])} | "
-                         f"{_f(r['spearman_bpd_dice'])} | {_f(r.get('domain_auroc'))} |")
-        lines.append("")
+                  f"{c['dice_threshold']}.", "", tables.likelihood_masks_table(result), ""]
     return "\n".join(lines)
 
 

@@ -1,4 +1,4 @@
-"""Markdown tables of the segmentation benchmark, generated from its results JSON.
+"""Markdown tables of the segmentation and likelihood benchmarks, from their results JSON.
 
 Every table is one function of a ``segmentation.json`` written by
 ``benchmarks/segmentation.py``; ``markdown(result)`` is the whole ``segmentation.md``.
@@ -24,7 +24,8 @@ from typing import Any
 
 __all__ = ["DOC_TABLES", "calibration_k_table", "calibration_table", "cross_domain_table",
            "empty_truth_table", "fill_doc", "markdown", "operating_table", "peers_table",
-           "reference_runs_table", "summary_table", "sweep_table", "ablation_table"]
+           "reference_runs_table", "summary_table", "sweep_table", "ablation_table",
+           "likelihood_domains_table", "likelihood_masks_table"]
 
 
 def _f(x: Any, digits: int = 4) -> str:
@@ -256,11 +257,39 @@ def ablation_table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def likelihood_domains_table(result: dict[str, Any]) -> str:
+    """``benchmarks/likelihood.py``'s unconditional study: bits/dim per domain."""
+    lines = ["| domain | images | bits/dim | SE (images) | SE (Hutchinson, per image) "
+             "| AUROC vs reference | NFE |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, r in result["unconditional"]["domains"].items():
+        lines.append(f"| {name} | {r['n']} | {_f(r['bits_per_dim'], 3)} | "
+                     f"{_f(r['se_over_images'], 3)} | {_f(r['hutchinson_se_per_image'], 3)} | "
+                     f"{_f(r.get('ood_auroc'), 3)} | {r['nfe']} |")
+    return "\n".join(lines)
+
+
+def likelihood_masks_table(result: dict[str, Any]) -> str:
+    """``benchmarks/likelihood.py``'s conditional study: log p(mask | X-ray) against Dice."""
+    lines = ["| images | n | mean Dice | bad masks | bits/dim own | bits/dim true | "
+             "true more likely | AUROC (bad mask) | Pearson (bpd, Dice) | Spearman | "
+             "AUROC (domain) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, r in result["conditional"]["sets"].items():
+        lines.append(f"| {name} | {r['n']} | {_f(r['dice_mean'])} | {r['bad_masks']} | "
+                     f"{_f(r['own_mask']['bits_per_dim'], 3)} | "
+                     f"{_f(r['true_mask']['bits_per_dim'], 3)} | {_f(r['true_more_likely'], 3)} "
+                     f"| {_f(r['auroc_bad_mask'], 3)} | {_f(r['pearson_bpd_dice'], 3)} | "
+                     f"{_f(r['spearman_bpd_dice'], 3)} | {_f(r.get('domain_auroc'), 3)} |")
+    return "\n".join(lines)
+
+
 #: name -> function of the loaded results files, for ``<!-- table: NAME FILES -->`` blocks.
 DOC_TABLES = {
     "summary": summary_table,
     "reference_runs": reference_runs_table,
     "ablation": ablation_table,
+    "likelihood_domains": lambda rs: likelihood_domains_table(rs[0]),
+    "likelihood_masks": lambda rs: likelihood_masks_table(rs[0]),
     "operating": lambda rs: operating_table(rs[0]),
     "peers": lambda rs: peers_table(rs[0]),
     "calibration_k": lambda rs: calibration_k_table(rs[0]),
