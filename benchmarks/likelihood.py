@@ -59,6 +59,7 @@ import tables  # noqa: E402
 import scoregen as sg  # noqa: E402
 from scoregen import devices  # noqa: E402
 from scoregen.cli_types import positive_int  # noqa: E402
+from scoregen.likelihood import bits_per_dim as bits_per_dim_of  # noqa: E402
 from scoregen.plotting import new_figure, png_path, save_png  # noqa: E402
 from scoregen.provenance import git_commit  # noqa: E402
 from scoregen.segmentation import (  # noqa: E402
@@ -144,9 +145,8 @@ def spearman(a: Tensor, b: Tensor) -> float:
 
 
 def pearson(a: Tensor, b: Tensor) -> float:
-    a, b = a.double() - a.double().mean(), b.double() - b.double().mean()
-    den = float(a.norm() * b.norm())
-    return float((a * b).sum()) / den if den > 0 else math.nan
+    """Pearson's correlation (NaN when either is constant)."""
+    return float(torch.corrcoef(torch.stack([a.double(), b.double()]))[0, 1])
 
 
 def bits_per_dim(model: sg.ScoreModel, x: Tensor, cond: Tensor | None, args: argparse.Namespace,
@@ -168,11 +168,7 @@ def bits_per_dim(model: sg.ScoreModel, x: Tensor, cond: Tensor | None, args: arg
                 xb = sg.dequantize(xb, num_bins=num_bins, generator=gen)
             res = sg.log_prob_with_info(model, xb, cb, exact=False, rtol=args.rtol,
                                         atol=args.atol, t_eps=args.t_eps, generator=gen)
-            dim = xb[0].numel()
-            bpd = -res.logp / (dim * math.log(2))
-            if num_bins is not None:
-                bpd = bpd + math.log2(num_bins / 2)
-            rows.append(bpd.detach())
+            rows.append(bits_per_dim_of(res.logp, xb[0].numel(), num_bins).detach())
             nfe += res.nfe
             bar.update(len(xb))
         per_probe.append(torch.cat(rows))

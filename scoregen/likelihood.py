@@ -30,7 +30,8 @@ from torchdiffeq import odeint
 from scoregen.model import ScoreModel
 from scoregen.samplers.probability_flow import ADAPTIVE_METHODS, ProbabilityFlow
 
-__all__ = ["log_prob", "log_prob_with_info", "LogProbResult", "log_likelihood", "dequantize"]
+__all__ = ["log_prob", "log_prob_with_info", "LogProbResult", "log_likelihood", "dequantize",
+           "bits_per_dim"]
 
 #: Dimension up to which the divergence is computed exactly by default.
 EXACT_TRACE_MAX_DIM = 32
@@ -178,11 +179,14 @@ def log_likelihood(
     :func:`dequantize`), report bits/dim of the discrete data: adds ``log2(num_bins / 2)``.
     Other keyword arguments go to :func:`log_prob`.
     """
+    if num_bins is not None and (not isinstance(num_bins, int) or num_bins < 2):
+        raise ValueError(f"num_bins must be an integer >= 2, got {num_bins!r}")
     logp = log_prob(model, x0, cond, **kwargs)  # type: ignore[arg-type]
-    dim = x0[0].numel()
+    return bits_per_dim(logp, x0[0].numel(), num_bins)
+
+
+def bits_per_dim(logp: Tensor, dim: int, num_bins: int | None = None) -> Tensor:
+    """``-log2 p / D`` from ``logp`` in nats, plus ``log2(num_bins / 2)`` for data dequantised
+    from ``num_bins`` levels onto [-1, 1] (see :func:`log_likelihood`)."""
     bpd = -logp / (dim * math.log(2))
-    if num_bins is not None:
-        if not isinstance(num_bins, int) or num_bins < 2:
-            raise ValueError(f"num_bins must be an integer >= 2, got {num_bins!r}")
-        bpd = bpd + math.log2(num_bins / 2)
-    return bpd
+    return bpd if num_bins is None else bpd + math.log2(num_bins / 2)

@@ -148,7 +148,7 @@ class UNetConfig:
         base_channels, channel_mults: level ``l`` has ``base_channels * channel_mults[l]``
             channels and resolution ``H / 2**l``.
         num_res_blocks: residual blocks per level (down path; one more on the up path).
-        attention_resolutions: down-sampling factors (powers of two, ``2**l``) of the levels
+        attention_resolutions: down-sampling factors (``patch_size * 2**l``) of the levels
             that get linear attention.
         mid_attention: full self-attention between the two middle residual blocks.
         attention_heads, attention_head_dim: heads and features per head of both attentions.
