@@ -49,7 +49,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torchmetrics.functional.classification import binary_auroc
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tables
@@ -60,6 +59,7 @@ import scoregen as sg  # noqa: E402
 from scoregen import devices  # noqa: E402
 from scoregen.cli_types import positive_int  # noqa: E402
 from scoregen.likelihood import bits_per_dim as bits_per_dim_of  # noqa: E402
+from scoregen.metrics import auroc  # noqa: E402  (rank-based: any bits/dim stay ordered)
 from scoregen.plotting import new_figure, png_path, save_png  # noqa: E402
 from scoregen.provenance import git_commit  # noqa: E402
 from scoregen.segmentation import (  # noqa: E402
@@ -119,14 +119,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def to_8bit(images: Tensor) -> Tensor:
     """Images in [-1, 1] (the datasets' ``k / 255 * 2 - 1``) -> integers ``k`` in 0..255."""
     return ((images.clamp(-1, 1) + 1) / 2 * 255).round()
-
-
-def auroc(scores: Tensor, positive: Tensor) -> float:
-    """AUROC of ``scores`` for ``positive`` (higher score = positive); NaN if one class."""
-    positive = positive.bool()
-    if positive.all() or not positive.any():
-        return math.nan
-    return float(binary_auroc(scores.double(), positive.long()))
 
 
 def spearman(a: Tensor, b: Tensor) -> float:

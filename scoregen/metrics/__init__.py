@@ -4,7 +4,8 @@ and the calibration of probabilistic binary predictions (pixel-wise, for masks).
 Sample quality on feature matrices (N, D), float64 inside: the Fréchet distance
 (:mod:`~scoregen.metrics.frechet`), KID (:mod:`~scoregen.metrics.kid`), improved precision /
 recall (:mod:`~scoregen.metrics.precision_recall`) and a nearest-Train memorisation check
-(:mod:`~scoregen.metrics.memorisation`).
+(:mod:`~scoregen.metrics.memorisation`); AUROC and average precision of any real-valued
+score (:mod:`~scoregen.metrics.ranking`).
 
 Segmentation metrics belong to the X-ray application: :mod:`scoregen.segmentation.metrics`.
 """
@@ -38,6 +39,7 @@ from scoregen.metrics.precision_recall import (
     manifold_coverage,
     precision_recall,
 )
+from scoregen.metrics.ranking import auroc, average_precision
 
 __all__ = [
     "CALIBRATION_METRICS", "ReliabilityCurve", "brier_score", "calibration_metrics",
@@ -49,4 +51,6 @@ __all__ = [
     "gaussian_frechet_distance", "kernel_distance", "knn_radii", "manifold_coverage",
     "memorisation", "memorisation_from_distances", "mmd2_unbiased", "nearest_distances",
     "polynomial_kernel", "precision_recall",
+    # ranking
+    "auroc", "average_precision",
 ]

@@ -29,12 +29,15 @@ predicted 0 with probability 0, which dilutes every pixel-averaged number toward
 :func:`near_mask` builds the usual one — pixels within ``radius`` pixels of a reference
 mask (the true lungs), via a square dilation.
 
-AUROC and AUPRC come from torchmetrics (a well-kept library whose tie handling is right
-and tested; written again here it would be the same code, less tested). ECE is computed
-here from the same bins that the reliability diagram draws (:func:`reliability_curve`),
-so the number and the picture cannot disagree; it is tested against torchmetrics'
-``binary_calibration_error`` and against values worked out by hand, as are Brier, NLL and
-the overlap. Inputs are tensors of one shape ``(B, ...)``; probabilities and labels
+AUROC and AUPRC come from torchmetrics (a well-kept library whose tie handling is right and
+tested; written again here it would be the same code, less tested), through
+:mod:`scoregen.metrics.ranking`, which first maps the uncertainties to order-preserving
+scores in [0, 1] (torchmetrics would squash larger values through a sigmoid into ties). ECE
+is computed here from the same bins that the reliability diagram draws
+(:func:`reliability_curve`), so the number and the picture cannot disagree; it is tested
+against torchmetrics' ``binary_calibration_error`` and against values worked out by hand, as
+are Brier, NLL and the overlap.
+Inputs are tensors of one shape ``(B, ...)``; probabilities and labels
 in [0, 1] (labels are thresholded at 0.5), uncertainties any finite real numbers.
 """
 
@@ -46,7 +49,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics.functional.classification import binary_auroc, binary_average_precision
+
+from scoregen.metrics.ranking import auroc, average_precision
 
 __all__ = [
     "CALIBRATION_METRICS",
@@ -221,7 +225,7 @@ def uncertainty_error_auroc(
     u, e = _check_uncertainty(uncertainty, errors, region)
     if int(e.sum()) in (0, e.numel()):
         return math.nan
-    return float(binary_auroc(u, e))
+    return auroc(u, e)
 
 
 def uncertainty_error_auprc(
@@ -234,7 +238,7 @@ def uncertainty_error_auprc(
     u, e = _check_uncertainty(uncertainty, errors, region)
     if int(e.sum()) == 0:
         return math.nan
-    return float(binary_average_precision(u, e))
+    return average_precision(u, e)
 
 
 def uncertainty_error_overlap(
