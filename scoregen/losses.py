@@ -35,6 +35,7 @@ each process's rows (:meth:`TrainingDraw.shard`), then hands ``t`` and ``eps`` t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -62,13 +63,19 @@ def sample_times(
     batch: int,
     *,
     discrete: bool | None = None,
+    power: float = 1.0,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """Training times (B,) in float32: continuous ``U[t_eps, T]`` or DDPM's ``i/N``.
+    """Training times (B,) in float32: continuous on ``[t_eps, T]`` or DDPM's ``i/N``.
 
     ``discrete=None`` picks discrete times exactly when the SDE has ``num_steps``.
+    ``power = k`` draws ``t = t_eps + (T - t_eps) u^(1/k)`` with ``u ~ U[0, 1)`` (discrete:
+    ``i = ceil(N u^(1/k))``), i.e. density ``∝ (t - t_eps)^(k-1)``: ``k = 1`` is uniform,
+    ``k = 2`` a linear ramp towards ``T``, where a 1–2-step sampler reads the net.
     """
+    if not (isinstance(power, (int, float)) and math.isfinite(power) and power > 0):
+        raise ValueError(f"power must be a finite number > 0, got {power!r}")
     sde = model.sde
     if discrete is None:
         discrete = sde.num_steps is not None
@@ -78,9 +85,16 @@ def sample_times(
                 "discrete=True needs an SDE with num_steps (e.g. VPSDE.ddpm(1000)); "
                 f"got {sde!r}"
             )
-        i = torch.randint(1, sde.num_steps + 1, (batch,), generator=generator, device=device)
+        if power == 1:  # the integer draw of every earlier run, kept bit-exact
+            i = torch.randint(1, sde.num_steps + 1, (batch,), generator=generator,
+                              device=device)
+        else:
+            u = torch.rand(batch, generator=generator, device=device, dtype=torch.float64)
+            i = (u ** (1 / power) * sde.num_steps).ceil().clamp(1, sde.num_steps)
         return i.to(torch.float32) / sde.num_steps * sde.T
     u = torch.rand(batch, generator=generator, device=device)
+    if power != 1:
+        u = u ** (1 / power)
     return sde.t_eps + u * (sde.T - sde.t_eps)
 
 
@@ -125,6 +139,7 @@ def draw_training_batch(
     noise: Tensor | None = None,
     p_uncond: float = 0.0,
     discrete: bool | None = None,
+    time_power: float = 1.0,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
@@ -132,9 +147,10 @@ def draw_training_batch(
     """Draw ``t``, ``eps`` and the condition-dropout mask of a batch of ``shape = (B, *D)``.
 
     Draws, in this order and from ``generator``, what is not given: ``t`` by
-    :func:`sample_times` (``discrete`` as there), ``noise`` ~ N(0, I) of ``shape`` in
-    ``dtype``, and, when ``p_uncond > 0``, ``keep = U[0, 1) >= p_uncond``. A given ``t``
-    (B,) or ``noise`` (B, *D) is checked and returned as is.
+    :func:`sample_times` (``discrete``, and ``time_power`` as its ``power``), ``noise`` ~
+    N(0, I) of ``shape`` in ``dtype``, and, when ``p_uncond > 0``,
+    ``keep = U[0, 1) >= p_uncond``. A given ``t`` (B,) or ``noise`` (B, *D) is checked and
+    returned as is.
     """
     shape = tuple(int(n) for n in shape)
     if len(shape) < 2:
@@ -143,7 +159,8 @@ def draw_training_batch(
         raise ValueError(f"p_uncond must be in [0, 1], got {p_uncond}")
     batch = shape[0]
     if t is None:
-        t = sample_times(model, batch, discrete=discrete, generator=generator, device=device)
+        t = sample_times(model, batch, discrete=discrete, power=time_power,
+                         generator=generator, device=device)
     else:
         model.sde.check_times(t)
         if t.shape != (batch,):

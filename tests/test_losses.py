@@ -85,6 +85,40 @@ def test_discrete_times_for_the_ddpm_schedule_and_continuous_otherwise():
         sg.sample_times(TARGET.model(sg.VPSDE()), 5, discrete=True)
 
 
+@pytest.mark.parametrize("discrete", [False, True])
+def test_time_power_draws_the_density_t_to_the_k_minus_one(discrete):
+    """power k: P(s <= q) = q^k for s = (t - t_eps) / (T - t_eps); k = 1 is the old draw."""
+    sde = sg.VPSDE.ddpm(num_steps=1000) if discrete else sg.VPSDE()
+    model = TARGET.model(sde)
+    t0 = 0.0 if discrete else sde.t_eps
+    for k in (0.5, 2.0, 3.0):
+        t = sg.sample_times(model, 40_000, discrete=discrete, power=k,
+                            generator=torch.Generator().manual_seed(1)).double()
+        s = (t - t0) / (sde.T - t0)
+        for q in (0.25, 0.5, 0.9):
+            assert float((s <= q).double().mean()) == pytest.approx(q**k, abs=0.01)
+        if discrete:
+            steps = t * 1000
+            torch.testing.assert_close(steps, steps.round())
+            assert steps.min() >= 1 and steps.max() <= 1000
+    same = [sg.sample_times(model, 64, discrete=discrete, power=p,
+                            generator=torch.Generator().manual_seed(2)) for p in (1, 1.0)]
+    base = sg.sample_times(model, 64, discrete=discrete, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(same[0], base) and torch.equal(same[1], base)
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="power"):
+            sg.sample_times(model, 4, power=bad)
+
+
+def test_trainer_config_carries_time_power():
+    cfg = sg.TrainConfig(time_power=2.0)
+    assert sg.TrainConfig.from_dict(cfg.to_dict()).time_power == 2.0
+    assert sg.TrainConfig.from_dict({k: v for k, v in cfg.to_dict().items()
+                                     if k != "time_power"}).time_power == 1.0  # older runs
+    with pytest.raises(ValueError, match="time_power"):
+        sg.TrainConfig(time_power=0.0)
+
+
 def test_sigma2_weighted_score_loss_equals_simple_eps_loss():
     """NCSN's lambda = sigma^2 on the score is L_simple on eps (Song & Ermon 2019)."""
     sde = sg.VESDE()
@@ -272,3 +306,18 @@ def test_dsm_loss_aux_term_is_added_with_alpha_squared_weight(prediction):
     assert torch.allclose(uniform, base + binary_mask_loss(x0_hat, x0), atol=1e-6)
     with pytest.raises(ValueError, match="aux must be None or one of"):
         sg.dsm_loss(model, x0, aux="dice")
+
+
+def test_the_training_step_draws_times_with_the_configs_power():
+    from scoregen.train.step import draw_rows
+
+    model = TARGET.model(sg.VPSDE())
+    x0 = torch.zeros(4000, 2)
+    means = []
+    for k in (1.0, 3.0):
+        t, _, _ = draw_rows(model, x0, None, config=sg.TrainConfig(time_power=k), step=0,
+                            generator=torch.Generator(), device=torch.device("cpu"), rank=0,
+                            world_size=1)
+        means.append(float(t.mean()))
+    assert means[0] == pytest.approx(0.5, abs=0.02)
+    assert means[1] == pytest.approx(0.75, abs=0.02)  # E[u^(1/3)] = 3/4

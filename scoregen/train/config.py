@@ -107,6 +107,7 @@ class TrainConfig:
     aux_weight: float = 1.0
     aux_weighting: str = "alpha2"  # "alpha2" (alpha(t)^2) or "uniform"
     discrete: bool | None = None  # DDPM integer times; None: when the SDE has num_steps
+    time_power: float = 1.0  # training-time density ∝ t^(k-1) (losses.sample_times' power)
     seed: int = 0  # seeds the data order and the per-step noise
 
     def __new__(cls, *args: Any, **kwargs: Any) -> TrainConfig:
@@ -115,7 +116,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check, pos_int = _checker(self)
-        for name in ("lr", "min_lr", "weight_decay", "ema_decay", "p_uncond"):
+        for name in ("lr", "min_lr", "weight_decay", "ema_decay", "p_uncond", "time_power"):
             check(_is_finite_number(getattr(self, name)), name, "a finite number")
         check(self.grad_clip is None or _is_finite_number(self.grad_clip), "grad_clip",
               "None or a finite number")
@@ -135,6 +136,7 @@ class TrainConfig:
         check(self.grad_clip is None or self.grad_clip > 0, "grad_clip", "None or > 0")
         check(0 <= self.ema_decay < 1, "ema_decay", "in [0, 1)")
         check(0 <= self.p_uncond <= 1, "p_uncond", "in [0, 1]")
+        check(self.time_power > 0, "time_power", "> 0 (1: uniform training times)")
         check(self.aux_loss is None or self.aux_loss in AUX_LOSSES, "aux_loss",
               f"None or one of {AUX_LOSSES}")
         check(_is_finite_number(self.aux_weight) and self.aux_weight >= 0, "aux_weight",

@@ -63,7 +63,7 @@ def draw_rows(
     draw = draw_training_batch(
         model, (x0.shape[0] * world_size, *x0.shape[1:]),
         p_uncond=config.p_uncond if cond is not None else 0.0, discrete=config.discrete,
-        generator=g, device=device, dtype=x0.dtype,
+        time_power=config.time_power, generator=g, device=device, dtype=x0.dtype,
     ).shard(rank, world_size)
     layout = torch.channels_last if channels_last and x0.ndim == 4 else torch.contiguous_format
     return draw.t, draw.noise.contiguous(memory_format=layout), drop_condition(cond, draw.keep)
