@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from scoregen.broadcast import append_dims
-from scoregen.model import Prediction, ScoreModel
+from scoregen.model import Prediction, ScoreModel, velocity
 from scoregen.sde import SDE
 
 __all__ = ["GaussianMixture", "ring_mixture"]
@@ -149,7 +149,7 @@ class GaussianMixture:
             x0 = (x + sigma**2 * s) / alpha  # Tweedie
             if prediction == "x0":
                 return x0
-            return alpha * eps - sigma * x0
+            return velocity(eps, x0, alpha, sigma)
 
         return closed_form
 

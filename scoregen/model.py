@@ -5,11 +5,22 @@ parametrisations are affine in one another given ``(x_t, alpha, sigma)``:
 
     score = -eps / sigma                                  (Song & Ermon 2019; Vincent 2011)
     x0    = (x_t - sigma eps) / alpha                     (Ho et al. 2020, eq. 15)
-    v     = alpha eps - sigma x0                          (Salimans & Ho 2022, sec. 4)
-    x0    = (alpha x_t - sigma v) / (alpha^2 + sigma^2)   (solving the two lines above)
-    eps   = (sigma x_t + alpha v) / (alpha^2 + sigma^2)
+    v     = (alpha eps - sigma x0) / n,  n = sqrt(alpha^2 + sigma^2)
+    x0    = (alpha x_t / n - sigma v) / n                 (solving the two lines above)
+    eps   = (sigma x_t / n + alpha v) / n
 
 so a sampler asks for what it needs and never cares what the network was trained on.
+
+``v`` is Salimans & Ho's velocity (2022, sec. 4) of the variance-preserving process
+``x_t / n``, whose coefficients ``(alpha / n, sigma / n)`` lie on the unit circle: on VP
+SDEs ``n = 1`` and it is their ``alpha eps - sigma x0`` exactly. On VE (``alpha = 1``) it is
+the preconditioning of Karras et al. 2022 (EDM, eq. 7, sigma_data = 1): ``x0_hat =
+x_t / (1 + sigma^2) - sigma v / sqrt(1 + sigma^2)``, the identity at small sigma and
+``-v`` at large sigma, so the target has unit scale at every noise level. The unnormalised
+``alpha eps - sigma x0`` grows like ``sigma`` under VE (50 at ``sigma_max``); a raw x0
+target cannot represent the identity at small sigma (a trained VE x0 net leaves x0 errors
+of ~0.08 at sigma = 1e-4, an eps error of ~600, and a probability-flow density ~1e5
+bits/dim off); eps is ``sigma`` times too coarse at large sigma.
 Classifier-free guidance (Ho & Salimans 2022) mixes the conditional and unconditional
 outputs, ``out = out_u + w (out_c - out_u)``; because every conversion is affine in the
 network output, guiding the raw output is the same as guiding eps, score, x0 or v.
@@ -29,13 +40,19 @@ from scoregen.broadcast import append_dims, as_batch_times
 from scoregen.nn.conditioning import EncodedCondition
 from scoregen.sde import SDE
 
-__all__ = ["ScoreModel", "PREDICTIONS", "Prediction"]
+__all__ = ["ScoreModel", "PREDICTIONS", "Prediction", "velocity"]
 
 Prediction = Literal["eps", "score", "x0", "v"]
 PREDICTIONS: tuple[str, ...] = ("eps", "score", "x0", "v")
 
 #: A network: ``(x: (B, *D), t: (B,), cond) -> (B, *D)``.
 Net = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
+
+
+def velocity(eps: Tensor, x0: Tensor, alpha: Tensor | float, sigma: Tensor | float) -> Tensor:
+    """The v target ``(alpha eps - sigma x0) / sqrt(alpha^2 + sigma^2)``: Salimans & Ho's v of
+    the variance-preserving ``x_t / sqrt(alpha^2 + sigma^2)`` (EDM's preconditioning on VE)."""
+    return (alpha * eps - sigma * x0) / (alpha * alpha + sigma * sigma) ** 0.5
 
 
 def _check_guidance_scale(w: object) -> None:
@@ -241,10 +258,11 @@ class ScoreModel(nn.Module):
         elif kind == "score":
             eps = -sigma * out
             x0 = (x - sigma * eps) / alpha
-        else:  # "v"
-            norm = alpha * alpha + sigma * sigma
-            x0 = (alpha * x - sigma * out) / norm
-            eps = (sigma * x + alpha * out) / norm
+        else:  # "v", normalised by n = sqrt(alpha^2 + sigma^2) (module docstring)
+            n = (alpha * alpha + sigma * sigma) ** 0.5
+            x_n = x / n
+            x0 = (alpha * x_n - sigma * out) / n
+            eps = (sigma * x_n + alpha * out) / n
         return eps, x0
 
     def target(self, x0: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
@@ -256,7 +274,7 @@ class ScoreModel(nn.Module):
             return x0
         if kind == "score":
             return -eps / sigma
-        return alpha * eps - sigma * x0
+        return velocity(eps, x0, alpha, sigma)
 
     # ------------------------------------------------------------------ conveniences
     def eps(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
@@ -275,8 +293,9 @@ class ScoreModel(nn.Module):
         return -eps / sigma
 
     def v(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        """Velocity ``v = alpha eps - sigma x0`` (Salimans & Ho 2022)."""
+        """Velocity ``v = (alpha eps - sigma x0) / sqrt(alpha^2 + sigma^2)`` (see
+        :func:`velocity`)."""
         t = as_batch_times(t, x.shape[0], x)
         alpha, sigma = self.coeffs(t, x)
         eps, x0 = self.denoise(x, t, cond, alpha=alpha, sigma=sigma)
-        return alpha * eps - sigma * x0
+        return velocity(eps, x0, alpha, sigma)

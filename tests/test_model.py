@@ -21,9 +21,8 @@ def _oracle_net(sde, prediction, x0, eps):
     def net(x, t, cond):
         alpha, sigma = sde.marginal_coeffs(t.to(torch.float64))
         alpha, sigma = alpha[:, None].to(x), sigma[:, None].to(x)
-        return {"eps": eps, "x0": x0, "score": -eps / sigma, "v": alpha * eps - sigma * x0}[
-            prediction
-        ]
+        v = (alpha * eps - sigma * x0) / (alpha**2 + sigma**2).sqrt()
+        return {"eps": eps, "x0": x0, "score": -eps / sigma, "v": v}[prediction]
 
     return net
 
@@ -43,7 +42,8 @@ def test_every_parametrisation_recovers_eps_x0_score_and_v(sde_name, prediction)
     torch.testing.assert_close(eps_hat, eps, rtol=1e-7, atol=1e-7)
     torch.testing.assert_close(x0_hat, x0, rtol=1e-7, atol=1e-7)
     torch.testing.assert_close(model.score(x_t, t), -eps / sigma, rtol=1e-7, atol=1e-7)
-    torch.testing.assert_close(model.v(x_t, t), alpha * eps - sigma * x0, rtol=1e-7, atol=1e-7)
+    v = (alpha * eps - sigma * x0) / (alpha**2 + sigma**2).sqrt()
+    torch.testing.assert_close(model.v(x_t, t), v, rtol=1e-7, atol=1e-7)
     torch.testing.assert_close(model.target(x0, eps, alpha, sigma), model(x_t, t))
 
 
@@ -140,3 +140,34 @@ def test_reverse_drift_is_f_x_minus_half_one_plus_noise2_g2_score(sde_name, nois
     alpha, sigma = (c[:, None] for c in sde.alpha_sigma(t))
     again, _ = model.reverse_drift(x, t, noise=noise, coeffs=(alpha, sigma, f, g2))
     torch.testing.assert_close(again, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
+def test_the_v_target_has_unit_variance_at_every_noise_level(sde_name):
+    """For unit-variance data var(v) = (alpha^2 + sigma^2) / n^2 = 1 under every SDE; the
+    unnormalised alpha eps - sigma x0 would reach sigma_max^2 = 2500 under VE."""
+    sde = SDES[sde_name]()
+    model = sg.ScoreModel(lambda x, t, c: x, sde, prediction="v")
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(20000, 1, generator=gen, dtype=torch.float64)
+    eps = torch.randn(20000, 1, generator=gen, dtype=torch.float64)
+    for t in (0.01, 0.5, 1.0):
+        alpha, sigma = (c.reshape(1, 1) for c in sde.alpha_sigma(torch.tensor([t],
+                                                                             dtype=torch.float64)))
+        v = model.target(x0, eps, alpha, sigma)
+        assert float(v.var()) == pytest.approx(1.0, rel=0.05)
+
+
+def test_v_on_vp_is_salimans_and_hos_and_on_ve_the_identity_at_small_sigma():
+    x = torch.randn(4, 3, dtype=torch.float64)
+    vp = sg.ScoreModel(lambda x, t, c: torch.zeros_like(x), sg.VPSDE(), prediction="v")
+    t = torch.full((4,), 0.3, dtype=torch.float64)
+    alpha, sigma = (c[:, None] for c in vp.sde.alpha_sigma(t))
+    eps, x0 = vp.denoise(x, t)
+    torch.testing.assert_close(alpha * eps - sigma * x0, torch.zeros_like(x))  # n = 1
+    ve = sg.ScoreModel(lambda x, t, c: torch.zeros_like(x), sg.VESDE(), prediction="v")
+    # a net that outputs 0 denoises to x / (1 + sigma^2): the identity as sigma -> 0
+    _, x0 = ve.denoise(x, torch.full((4,), 1e-5, dtype=torch.float64))
+    torch.testing.assert_close(x0, x, rtol=1e-7, atol=0)
+    _, x0 = ve.denoise(x, torch.full((4,), 1.0, dtype=torch.float64))
+    assert float(x0.abs().max()) < 1e-3 * float(x.abs().max())
