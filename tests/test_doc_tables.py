@@ -53,8 +53,10 @@ def test_the_ablation_table_reads_the_recipe_or_parses_the_recorded_command():
                               "--aux-loss dice_bce --no-augment"}
     new = {**base, "recipe": {"preset": "fast", "aux_loss": "dice_bce",
                               "aux_weighting": "uniform", "augment": True}}
-    rows = tables.ablation_table([old, new]).splitlines()[2:]
-    assert rows[0].startswith("| ref_infection | small | dice_bce (alpha2) | no | 2,160 (20) "
-                              "| 3774 | 446 validation images, ddim with 2 steps | 0.7000 | "
-                              "0.7500 | 0.6900 |")
-    assert "| fast | dice_bce (uniform) | yes |" in rows[1]
+    ramp = {**base, "recipe": {**new["recipe"], "time_power": 2.0}}
+    rows = tables.ablation_table([old, new, ramp]).splitlines()[2:]
+    assert rows[0].startswith("| ref_infection | small | dice_bce (alpha2) | uniform | no "
+                              "| 2,160 (20) | 3774 | 446 validation images, ddim with 2 steps "
+                              "| 0.7000 | 0.7500 | 0.6900 |")
+    assert "| fast | dice_bce (uniform) | uniform | yes |" in rows[1]
+    assert "| fast | dice_bce (uniform) | t^1 | yes |" in rows[2]

@@ -63,7 +63,8 @@ def test_the_example_runs_on_the_phantom_and_writes_every_output(trained, capsys
     assert result["threads"] >= 1 and result["train_seconds"] >= 0
     assert result["recipe"] == {  # what benchmarks/tables.py compares runs by
         "preset": "tiny", "cond": "add", "prediction": "x0", "augment": False, "holdout": 0,
-        "aux_loss": "none", "aux_weight": 1.0, "aux_weighting": "alpha2", "batch_size": 16,
+        "aux_loss": "none", "aux_weight": 1.0, "aux_weighting": "alpha2", "time_power": 1.0,
+        "batch_size": 16,
         "lr": result["recipe"]["lr"], "ema_decay": result["recipe"]["ema_decay"]}
 
 
