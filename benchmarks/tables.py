@@ -25,7 +25,7 @@ from typing import Any
 __all__ = ["DOC_TABLES", "calibration_k_table", "calibration_table", "cross_domain_table",
            "empty_truth_table", "fill_doc", "markdown", "operating_table", "peers_table",
            "reference_runs_table", "summary_table", "sweep_table", "ablation_table",
-           "likelihood_domains_table", "likelihood_masks_table"]
+           "likelihood_domains_table", "likelihood_masks_table", "unconditional_runs_table"]
 
 
 def _f(x: Any, digits: int = 4) -> str:
@@ -261,6 +261,23 @@ def ablation_table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def unconditional_runs_table(runs: list[dict[str, Any]]) -> str:
+    """``examples/unconditional_xray.py`` runs side by side: SDE and parametrisation, wall
+    time, and :func:`sample_stats` of the grid's raw samples against the Train images."""
+    lines = ["| SDE (prediction) | preset | steps | wall | raw pixels in [-1, 1] | raw range "
+             "| mean-image corr. | histogram TV | std ratio | commit |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    names = {"vp": "VP / DDPM", "ve": "VE / NCSN"}
+    for r in runs:
+        st = r["samples"]["stats"]
+        lines.append(f"| {names.get(r['sde'], r['sde'])} ({r['prediction']}) | {r['preset']} "
+                     f"| {r['train_steps']:,} | {r['wall_seconds']:,.0f} s "
+                     f"| {st['in_range']:.3f} | {st['min']:.2f}..{st['max']:.2f} "
+                     f"| {st['mean_image_corr']:.3f} | {st['histogram_tv']:.3f} "
+                     f"| {st['std_ratio']:.2f} | {r['commit']} |")
+    return "\n".join(lines)
+
+
 def likelihood_domains_table(result: dict[str, Any]) -> str:
     """``benchmarks/likelihood.py``'s unconditional study: bits/dim per domain."""
     lines = ["| domain | images | bits/dim | SE (images) | SE (Hutchinson, per image) "
@@ -292,6 +309,7 @@ DOC_TABLES = {
     "summary": summary_table,
     "reference_runs": reference_runs_table,
     "ablation": ablation_table,
+    "unconditional_runs": unconditional_runs_table,
     "likelihood_domains": lambda rs: likelihood_domains_table(rs[0]),
     "likelihood_masks": lambda rs: likelihood_masks_table(rs[0]),
     "operating": lambda rs: operating_table(rs[0]),

@@ -365,6 +365,7 @@ def save_figures(out: Path, model: sg.ScoreModel, ds: SegmentationDataset, idx: 
 # ----------------------------------------------------------------------------- train + eval
 def train_and_evaluate(args: argparse.Namespace, out: Path, train_ds: SegmentationDataset,
                        val_ds: SegmentationDataset, data_note: str) -> dict[str, Any] | None:
+    commit = git_commit(__file__)  # the code this run loads, read before it can change
     device = resolve_device(args.device)
     threads = set_threads(args, device)
     progress = not args.no_progress
@@ -451,7 +452,8 @@ def train_and_evaluate(args: argparse.Namespace, out: Path, train_ds: Segmentati
         "steps": trainer.global_step, "epochs": trainer.epoch,
         "train_seconds": round(trainer.train_seconds, 1), "device": str(device),
         "threads": threads, "hardware": devices.describe_device(device),
-        "command": " ".join(sys.argv), "commit": git_commit(__file__), "metrics": final,
+        "command": " ".join(sys.argv), "commit": commit, "date": time.strftime("%Y-%m-%d"),
+        "metrics": final,
         "checkpoint": str(latest_checkpoint(out / "checkpoints")),
         "figures": [str(p) for p in [*figures, loss_png] if p is not None],
     }

@@ -37,7 +37,9 @@ images) and, for the talk's model, ``--preset seed`` and more ``--epochs``.
 Writes to ``--out``: checkpoints, ``metrics.jsonl``, ``loss.png``, ``samples.png`` (top
 half: generated, bottom half: real), ``samples.safetensors`` (the raw generated samples,
 before the grid's clamp to [-1, 1]) and ``samples.json`` (:func:`sample_stats` of them
-against the training images: a run that produced noise says so there).
+against the training images: a run that produced noise says so there), and
+``results.json``: those stats with the command, the commit it started from, the date, the
+hardware and the wall time — the record ``benchmarks/results/`` keeps.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ import scoregen as sg
 from scoregen import devices
 from scoregen.cli_types import positive_int, threads_arg
 from scoregen.plotting import image_grid
+from scoregen.provenance import git_commit
 from scoregen.segmentation import CovidQUDataset, PhantomDataset
 from scoregen.train import CheckpointError, ExistingRunError, OutDirInUseError
 from scoregen.train.checkpoint_dir import latest_checkpoint
@@ -156,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
+    commit = git_commit(__file__)  # the code this run loads, read before it can change
     try:
         device = devices.resolve_device(args.device)
     except ValueError as err:
@@ -218,6 +222,18 @@ def run(args: argparse.Namespace) -> int:
     (out / "samples.json").write_text(json.dumps(
         {"sampler": args.sampler, "sampling_steps": args.sampling_steps,
          "samples": args.samples, "stats": stats}, indent=2) + "\n")
+    losses = [row["loss"] for row in trainer.read_metrics() if "loss" in row][-10:]
+    (out / "results.json").write_text(json.dumps({
+        "command": "python " + " ".join(sys.argv), "commit": commit,
+        "date": time.strftime("%Y-%m-%d"), "hardware": devices.describe_device(device),
+        "torch": torch.__version__, "sde": args.sde, "prediction": prediction,
+        "preset": preset, "image_size": args.size,
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "train_seconds": round(trainer.train_seconds, 1), "train_steps": trainer.global_step,
+        "final_loss_mean_last10": sum(losses) / len(losses) if losses else None,
+        "samples": {"sampler": args.sampler, "sampling_steps": args.sampling_steps,
+                    "samples": args.samples, "stats": stats},
+    }, indent=2) + "\n")
     path = image_grid(torch.cat([generated.clamp(-1, 1), real]), out / "samples.png",
                       nrow=max(1, args.samples // 2))
     print(f"samples against the {len(data)} training images: "

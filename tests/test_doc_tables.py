@@ -60,3 +60,15 @@ def test_the_ablation_table_reads_the_recipe_or_parses_the_recorded_command():
                               "| 0.7000 | 0.7500 | 0.6900 |")
     assert "| fast | dice_bce (uniform) | uniform | yes |" in rows[1]
     assert "| fast | dice_bce (uniform) | t^1 | yes |" in rows[2]
+
+
+def test_the_unconditional_runs_table_reads_the_examples_record():
+    tables = _tables()
+    run = {"sde": "ve", "prediction": "v", "preset": "fast", "train_steps": 3480,
+           "wall_seconds": 1500.4, "commit": "abc1234",
+           "samples": {"stats": {"in_range": 0.9712, "min": -1.234, "max": 1.5,
+                                 "mean_image_corr": 0.98, "histogram_tv": 0.05,
+                                 "std_ratio": 1.0}}}
+    row = tables.unconditional_runs_table([run]).splitlines()[2]
+    assert row == ("| VE / NCSN (v) | fast | 3,480 | 1,500 s | 0.971 | -1.23..1.50 | 0.980 "
+                   "| 0.050 | 1.00 | abc1234 |")

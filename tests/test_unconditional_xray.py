@@ -20,6 +20,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,12 @@ def test_the_example_reports_the_same_numbers_and_records_the_parametrisation(ph
     mine = quality(generated, real)
     for key, value in mine.items():
         assert saved[key] == pytest.approx(value, abs=1e-6), key
+    record = json.loads((out / "results.json").read_text())
+    assert record["samples"]["stats"] == saved and record["train_steps"] == 200
+    assert record["sde"] == "vp" and record["prediction"] == "v"
+    assert record["command"].startswith("python ") and record["commit"]
+    assert record["wall_seconds"] >= record["train_seconds"] > 0
+    assert math.isfinite(record["final_loss_mean_last10"])
     assert "of pixels in [-1, 1]" in stdout
     checkpoint = load_checkpoint(latest_checkpoint(out / "checkpoints"))
     assert type(checkpoint.sde).__name__ == "VPSDE" and checkpoint.prediction == "v"
@@ -128,8 +135,6 @@ def test_the_sde_and_prediction_flags_run(tmp_path, flags):
 def test_ve_v_model_has_a_sane_density_and_the_x0_model_does_not(tmp_path):
     """The phantom, 32x32, 300 steps under VE (~90 s each on one core): v (EDM's
     preconditioning) reads ~5 bits/dim, x0 (cannot learn the identity at small sigma) ~1e5."""
-    import math
-
     import scoregen as sg
     from scoregen.likelihood import bits_per_dim
 
