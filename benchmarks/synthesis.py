@@ -61,6 +61,7 @@ from scoregen.metrics import (
 )
 from scoregen.nn import ClassifierConfig, FeatureClassifier
 from scoregen.plotting import image_grid, new_figure, save_png
+from scoregen.provenance import git_commit
 from scoregen.segmentation import CLASSES, CovidQUDataset, PhantomDataset, SegmentationDataset
 
 #: NFE budget -> grid steps for samplers that call the net twice a step (Heun)
@@ -323,6 +324,9 @@ def write_markdown(result: dict[str, Any], path: Path) -> Path:
               f"{mv['val_p1']:.3g}.", ""]
     if result.get("checkpoint"):
         lines.append(f"Checkpoint: `{result['checkpoint']}` (step {result['checkpoint_step']}).")
+    if result.get("command"):
+        lines.append(f"`{result['command']}` (commit {result['git_commit']}, "
+                     f"{result['hardware']}).")
     lines.append(f"Wall time {result['wall_seconds']:.0f} s, {result['threads']} thread(s), "
                  f"device {result['device']}, torch {result['torch']}, {result['date']}.")
     path.write_text("\n".join(lines) + "\n")
@@ -353,8 +357,9 @@ def plot_nfe(result: dict[str, Any], path: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- main
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, command: str | None = None) -> dict[str, Any]:
     t_start = time.perf_counter()
+    commit = git_commit(__file__)  # the code this run loads, read before it can change
     device = devices.resolve_device(args.device)
     torch.set_num_threads(args.threads)
     progress = not args.no_progress
@@ -446,6 +451,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "device": str(device), "threads": args.threads, "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": command, "git_commit": commit, "hardware": devices.describe_device(device),
     }
     result["wall_seconds"] = time.perf_counter() - t_start
     (args.out / "synthesis.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -462,8 +468,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    command = " ".join(["python", *sys.argv] if argv is None
+                       else ["python", "benchmarks/synthesis.py", *argv])
     try:
-        run(args)
+        run(args, command)
     except (ValueError, FileNotFoundError, sg.CheckpointError) as err:
         print(f"synthesis.py: error: {err}", file=sys.stderr)
         return 2

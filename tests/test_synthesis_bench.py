@@ -110,6 +110,8 @@ def test_phantom_run_writes_every_output(result) -> None:
     assert data["classifier"]["classes"] == ["COVID-19", "Normal"]
     assert 0.0 <= data["classifier"]["val_accuracy"] <= 1.0
     assert data["floor"]["n"] == 16 and data["n_val"] == 32
+    assert data["command"].startswith("python benchmarks/synthesis.py ")
+    assert data["git_commit"] and data["hardware"]
 
 
 def test_untrained_noise_is_far_worse_than_the_real_floor(result) -> None:
