@@ -61,6 +61,7 @@ from scoregen.segmentation import (  # noqa: E402
     PhantomDataset,
     SegmentationDataset,
     class_groups,
+    confusion_matrix,
     evaluate_segmentation,
     predict_masks,
     random_subset,
@@ -237,12 +238,11 @@ THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(4, 17))  # 0.20 .. 0.80
 def micro_dice(prob: torch.Tensor, masks: torch.Tensor, threshold: float,
                rows: torch.Tensor | None = None) -> float:
     """Dice of ``prob > threshold`` over all pixels of the images ``rows`` (bool; all when
-    None) — the benchmark's headline Dice; 1 when both masks are empty."""
+    None) against ``masks`` (foreground > 0: the datasets' {-1, +1} or {0, 1}) — the
+    benchmark's headline Dice; 1 when both masks are empty."""
     if rows is not None:
         prob, masks = prob[rows], masks[rows]
-    pred, truth = (prob > threshold).double(), (masks > 0.5).double()
-    denom = float(pred.sum() + truth.sum())
-    return 1.0 if denom == 0 else 2 * float((pred * truth).sum()) / denom
+    return confusion_matrix(prob, masks > 0, threshold).metrics()["dice"]
 
 
 def tuned_threshold(prob_held: torch.Tensor, held: Study, prob_val: torch.Tensor,
