@@ -71,6 +71,7 @@ from scoregen.segmentation import (
 from scoregen.train import CheckpointError, ExistingRunError, OutDirInUseError
 from scoregen.train.checkpoint import Checkpoint, load_checkpoint
 from scoregen.train.checkpoint_dir import latest_checkpoint, list_checkpoints
+from scoregen.train.distributed import cleanup_distributed
 from scoregen.train.figures import plot_loss
 
 #: The seed talk's schedule: DDPM, 1000 steps, beta linear 1e-4 .. 0.02.
@@ -431,6 +432,9 @@ def train_and_evaluate(args: argparse.Namespace, out: Path, train_ds: Segmentati
                          on_epoch_end=on_epoch_end)
     if not fitted["ok"]:  # skipped non-finite steps: say so and exit non-zero
         raise SystemExit(fitted["status"])
+    # every rank has just left fit() together: end the process group here, not after rank
+    # 0's evaluation (a barrier would wait out the whole evaluation on the other ranks)
+    cleanup_distributed()
     if not trainer.is_main:  # under torchrun, rank 0 evaluates and writes the results
         return None
     loss_png = plot_loss(trainer.read_metrics(), out / "loss.png",

@@ -61,6 +61,7 @@ from scoregen.provenance import git_commit
 from scoregen.segmentation import CovidQUDataset, PhantomDataset
 from scoregen.train import CheckpointError, ExistingRunError, OutDirInUseError
 from scoregen.train.checkpoint_dir import latest_checkpoint
+from scoregen.train.distributed import cleanup_distributed
 from scoregen.train.figures import plot_loss
 
 SDE_ARGS = {"num_steps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
@@ -206,6 +207,9 @@ def run(args: argparse.Namespace) -> int:
     fitted = trainer.fit(data, steps=total, batch_fn=lambda b: (b["image"], None))
     if not fitted["ok"]:  # skipped non-finite steps: say so and exit non-zero
         raise SystemExit(fitted["status"])
+    cleanup_distributed()  # every rank has left fit() together; a no-op on one process
+    if not trainer.is_main:  # under torchrun, rank 0 samples and writes the results
+        return 0
     print(f"trained {trainer.global_step} steps in {trainer.train_seconds:.0f} s")
     plot_loss(trainer.read_metrics(), Path(args.out) / "loss.png",
               log_every=trainer.host.log_every)

@@ -95,3 +95,29 @@ def test_the_ranks_share_one_run_id_and_all_refuse_a_used_folder(ddp_run):
     first, resumed, refused = ids[0]
     assert first == resumed == load_checkpoint(latest_checkpoint(ddp_run / "checkpoints")).run_id
     assert refused == "ExistingRunError"
+
+
+EXAMPLE_RUNS = {
+    "unconditional_xray": ["--phantom-train", "32", "--size", "16", "--batch-size", "16",
+                           "--steps", "2", "--sampling-steps", "2", "--samples", "4"],
+    "covid_qu_seg": ["--phantom-train", "48", "--phantom-val", "8", "--size", "16",
+                     "--batch-size", "16", "--epochs", "1", "--sampling-steps", "1",
+                     "--epoch-eval-samples", "4", "--epoch-eval-steps", "1",
+                     "--eval-samples", "4"],
+}
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLE_RUNS))
+def test_the_examples_run_under_torchrun_and_only_rank_0_reports(tmp_path, example):
+    """Both ranks train, leave the process group together (cleanup_distributed after
+    fit) and exit 0; rank 0 alone evaluates and prints the summary."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    script = Path(__file__).parents[1] / "examples" / f"{example}.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(script), *EXAMPLE_RUNS[example], "--threads", "1", "--no-progress",
+           "--out", str(tmp_path / "run")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("checkpoint: ") == 1, proc.stdout  # one summary, rank 0's
+    assert (tmp_path / "run" / "results.json").is_file()

@@ -91,8 +91,17 @@ def init_distributed(device: torch.device | str | None = None) -> bool:
 
 
 def cleanup_distributed() -> None:
-    """Destroy the process group if one is running (call at the end of a torchrun script)."""
+    """Destroy the process group if one is running (call at the end of a torchrun script,
+    on every rank).
+
+    A barrier comes first so that no rank tears down its Gloo/NCCL connections while
+    another still has a collective in flight: without it a fast rank 0 could exit while
+    rank 1 was still receiving, and rank 1 aborted in Gloo's worker thread ("terminate
+    called without an active exception", seen once in CI on a loaded 2-core machine).
+    """
     if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

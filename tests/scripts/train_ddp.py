@@ -12,6 +12,8 @@ run ids and the refusal to OUT_DIR/rank{r}_ids.txt.
 
 from __future__ import annotations
 
+import faulthandler
+import gc
 import sys
 from pathlib import Path
 
@@ -25,9 +27,7 @@ from scoregen.train.distributed import cleanup_distributed
 CONFIG = dict(cond_dim=2, p_uncond=0.3, checkpoint_every=3, lr=1e-2, batch_size=8)
 
 
-def main() -> None:
-    out = Path(sys.argv[1])
-    torch.set_num_threads(1)
+def run_phases(out: Path) -> None:
     data = make_pairs(40)
     tr = make_trainer(out, **CONFIG)
     assert tr.distributed and tr.world_size == 2, (tr.distributed, tr.world_size)
@@ -46,6 +46,19 @@ def main() -> None:
     except ExistingRunError as e:
         refused = type(e).__name__
     (out / f"rank{tr.rank}_ids.txt").write_text(f"{tr.run_id} {tr2.run_id} {refused}")
+
+
+def main() -> None:
+    # a rank that aborts (SIGABRT in a C++ thread) prints every thread's Python stack, so
+    # a CI failure says where it happened
+    faulthandler.enable()
+    torch.set_num_threads(1)
+    # the trainers (and their DDP reducers, which hold Gloo work objects) live only in
+    # run_phases: they are freed before the process group is torn down, not during
+    # interpreter finalisation. No `finally`: after an error on one rank the barrier in
+    # cleanup_distributed could wait for a rank that is gone; torchrun ends the others.
+    run_phases(Path(sys.argv[1]))
+    gc.collect()
     cleanup_distributed()
 
 
