@@ -113,11 +113,10 @@ def step_worker(threads: int, steps: int) -> dict[str, Any]:
     model, unet_config = example.build_model(args)
     data = PhantomDataset(args.batch_size, task=args.task, size=args.size, seed=args.seed)
     x0, cond = data.masks, data.images
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = sg.Trainer(
+    with tempfile.TemporaryDirectory() as tmp, sg.Trainer(
             model, sg.TrainConfig(lr=args.lr, batch_size=args.batch_size, max_steps=steps + 1),
             tmp, host=sg.HostOptions(progress=False, checkpoint_every=0),
-            model_config=unet_config.to_dict())
+            model_config=unet_config.to_dict()) as trainer:
         trainer.step(x0, cond)  # warm-up (allocations, first-call overheads)
         t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(steps):

@@ -253,9 +253,9 @@ def _runner(case: Case, setup: Setup, device: torch.device) -> Iterator[Callable
                                 seed=setup.seed)
         host = sg.HostOptions(compile=compile_net, channels_last=channels_last,
                               checkpoint_every=0, log_every=2**31 - 1, progress=False)
-        with tempfile.TemporaryDirectory(prefix="scoregen-throughput-") as out_dir:
-            trainer = sg.Trainer(sg.ScoreModel(net, sde, PREDICTION), config, out_dir,
-                                 host=host, device=device)
+        with tempfile.TemporaryDirectory(prefix="scoregen-throughput-") as out_dir, \
+                sg.Trainer(sg.ScoreModel(net, sde, PREDICTION), config, out_dir,
+                           host=host, device=device) as trainer:
             yield lambda: trainer.step(x, cond)
         return
     net = net.to(device).eval()

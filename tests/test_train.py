@@ -642,6 +642,38 @@ def test_a_second_trainer_on_the_same_folder_is_refused(tmp_path):
     assert make_trainer(tmp_path).resume()  # released when fit returned
 
 
+def test_a_hand_written_step_loop_holds_the_folder_until_close(tmp_path):
+    """A loop of step() calls (no fit) used to lock the folder only while its first step
+    claimed it: another trainer could start writing between two steps."""
+    from scoregen.train import OutDirInUseError
+
+    x = make_points()[:8]
+    with make_trainer(tmp_path) as tr:
+        tr.step(x)
+        with pytest.raises(OutDirInUseError, match=rf"{tr.run_id}.*call its close\(\)"):
+            make_trainer(tmp_path, on_existing="overwrite").fit(make_points(), steps=1)
+        tr.step(x)
+        tr.save()  # nests inside the held folder
+        with pytest.raises(OutDirInUseError):
+            make_trainer(tmp_path).resume()
+        tr.fit(make_points(), steps=4)  # fit inside the hold: still held after it returns
+        with pytest.raises(OutDirInUseError):
+            make_trainer(tmp_path).resume()
+    after = make_trainer(tmp_path)  # closed by the with block: free
+    assert after.resume() and after.global_step == 4 and after.run_id == tr.run_id
+    tr.close()  # twice is harmless
+
+    def steps_then_drop(folder):  # no close(): the trainer is garbage when this returns
+        dropped = make_trainer(folder)
+        dropped.step(x)
+        dropped.save()
+        return dropped.run_id
+
+    run_id = steps_then_drop(tmp_path / "dropped")
+    again = make_trainer(tmp_path / "dropped")  # the lock of a dropped trainer is let go
+    assert again.resume() and again.run_id == run_id
+
+
 def test_the_lock_of_a_killed_trainer_is_free_and_a_live_one_refuses_another_process(tmp_path):
     """Kill inside the lock path: while train_kill.py pauses inside fit (holding the
     lock) a second process is refused; after SIGKILL the lock is gone with the process

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import hashlib
 import json
 import os
@@ -145,18 +146,19 @@ class RunLock:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         f = open(self.path, "a+")  # noqa: SIM115 - held open while locked
-        if fcntl is not None:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.seek(0)
-                holder = f.read().strip() or "unknown holder"
-                f.close()
-                raise OutDirInUseError(
-                    f"{self.path.parent} is in use by another trainer ({holder}); two "
-                    "trainers writing into one folder overwrite each other's checkpoints and "
-                    "log. Wait for it to finish, or choose another out_dir (--out)."
-                ) from None
+        if fcntl is not None and not self._try_lock(f):
+            f.seek(0)
+            holder = f.read().strip() or "unknown holder"
+            f.close()
+            ours = holder.startswith(f"pid {os.getpid()} ")
+            raise OutDirInUseError(
+                f"{self.path.parent} is in use by another trainer ({holder}); two "
+                "trainers writing into one folder overwrite each other's checkpoints and "
+                "log. " + ("It is a trainer of this process: call its close() (a loop of "
+                           "step() calls holds the folder until then), or "
+                           if ours else "Wait for it to finish, or ")
+                + "choose another out_dir (--out)."
+            ) from None
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()}, run {run_id}, "
@@ -164,12 +166,28 @@ class RunLock:
         f.flush()
         self._file, self._depth = f, 1
 
+    @staticmethod
+    def _try_lock(f: IO[str]) -> bool:
+        """flock ``f`` without waiting. When a trainer of this process holds the lock,
+        collect garbage once and retry: a trainer dropped without ``close()`` (its last
+        reference gone, but in a reference cycle) then lets go of its lock file."""
+        for attempt in range(2):
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                f.seek(0)
+                if attempt or not f.read().startswith(f"pid {os.getpid()} "):
+                    return False
+                gc.collect()
+        return False
+
     def release(self) -> None:
         if self._depth == 0:
             return
         self._depth -= 1
         if self._depth == 0 and self._file is not None:
-            if fcntl is not None:
+            if fcntl is not None and not self._file.closed:
                 fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
             self._file.close()
             self._file = None
@@ -195,6 +213,35 @@ class FolderHold:
         self._claim = claim
         self.depth = 0  # nesting of blocks (the same on every rank)
         self.claimed = False
+        self.kept = False  # between keep() and release_kept()
+
+    def keep(self, run_id: str) -> None:
+        """Enter a block (lock and claim, as ``with hold(run_id)``) and stay in it until
+        :meth:`release_kept`: a hand-written loop of ``Trainer.step`` calls owns the folder
+        between its steps, not only during the first. Later blocks nest inside it."""
+        if self.kept:
+            return
+        if self.depth == 0:
+            on_main(lambda: self.lock.acquire(run_id))
+        self.depth += 1
+        try:
+            if not self.claimed:
+                self.claim_now()
+        except BaseException:
+            self._leave()
+            raise
+        self.kept = True
+
+    def release_kept(self) -> None:
+        """Leave the block :meth:`keep` entered (a no-op without one)."""
+        if self.kept:
+            self.kept = False
+            self._leave()
+
+    def _leave(self) -> None:
+        self.depth -= 1
+        if self.depth == 0:
+            self.lock.release()  # a no-op on the ranks that never took it
 
     def claim_now(self) -> None:
         """Claim the folder (rank 0, under the lock) and remember it."""
@@ -217,9 +264,7 @@ class FolderHold:
                 self.claim_now()
             yield
         finally:
-            self.depth -= 1
-            if self.depth == 0:
-                self.lock.release()  # a no-op on the ranks that never took it
+            self._leave()
 
 
 def move_run_aside(out_dir: Path, run_id: str | None, names: tuple[str, ...]) -> Path:

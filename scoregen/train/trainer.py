@@ -202,9 +202,8 @@ class Trainer:
         if not torch.is_tensor(x0) or x0.ndim < 2 or not x0.is_floating_point():
             got = f"{getattr(x0, 'dtype', type(x0).__name__)} {tuple(getattr(x0, 'shape', ()))}"
             raise ValueError(f"x0 must be a float tensor of shape (B, *D), got {got}")
-        if not self._hold.claimed:  # a step outside fit(): claim the folder for this run first
-            with self._hold(self.run_id):
-                pass
+        if not self._hold.depth:  # a step outside fit(): this trainer owns the folder until
+            self._hold.keep(self.run_id)  # close(), so another cannot write between steps
         x0, cond = (to_device(v, self.device, self.host.channels_last) for v in (x0, cond))
         if not self.model.net.training:
             self._train_model.train()
@@ -284,6 +283,20 @@ class Trainer:
         self.folder.claim(fresh=fresh, overwrite=self.on_existing == "overwrite", start_row={
             "step": self.global_step, "event": "run_start", "run_id": self.run_id,
             "config_hash": self.config_hash, "started": self.run_started} if fresh else None)
+
+    def close(self) -> None:
+        """Release ``out_dir`` after a hand-written loop of :meth:`step` calls (which holds
+        the folder's lock from its first step on, so that no other trainer writes there
+        between steps). :meth:`fit` needs no ``close``: it releases the lock when it returns.
+        The lock is also gone when the process ends. ``with Trainer(...) as trainer:``
+        calls it on exit. Call on every rank."""
+        self._hold.release_kept()
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ checkpoints
     def _elapsed(self) -> float:
