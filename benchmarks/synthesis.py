@@ -66,6 +66,8 @@ from scoregen.segmentation import CLASSES, CovidQUDataset, PhantomDataset, Segme
 
 #: NFE budget -> grid steps for samplers that call the net twice a step (Heun)
 TWO_CALL_SAMPLERS = ("heun",)
+#: ``ode:METHOD``: the PF-ODE on a fixed grid, net calls per step of each torchdiffeq method
+ODE_FIXED_CALLS = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4}
 
 
 def int_list(text: str) -> list[int]:
@@ -79,11 +81,14 @@ def int_list(text: str) -> list[int]:
 
 
 def sampler_list(text: str) -> list[str]:
+    """Sampler names, plus ``ode:METHOD`` for the PF-ODE on a fixed grid (``ode`` alone is
+    adaptive dopri5, whose NFE the tolerance sets, not the budget)."""
     names = [v.strip() for v in text.split(",") if v.strip()]
-    unknown = [n for n in names if n not in sg.SAMPLERS]
+    fixed = [f"ode:{m}" for m in ODE_FIXED_CALLS]
+    unknown = [n for n in names if n not in sg.SAMPLERS and n not in fixed]
     if not names or unknown:
         raise argparse.ArgumentTypeError(f"unknown sampler(s) {unknown or text!r}; "
-                                         f"choose from {sorted(sg.SAMPLERS)}")
+                                         f"choose from {sorted(sg.SAMPLERS) + fixed}")
     return names
 
 
@@ -253,7 +258,10 @@ def reference_sets(train_feats: Tensor, val_feats: Tensor, train_pixels: Tensor,
 
 
 def grid_steps(sampler: str, nfe: int) -> int:
-    """Grid steps for an NFE budget: two net calls a step for Heun (one for the last)."""
+    """Grid steps for an NFE budget: two net calls a step for Heun (one for the last);
+    for ``ode:METHOD`` the method's calls per step, after the final denoising call."""
+    if sampler.startswith("ode:"):
+        return max(1, (nfe - 1) // ODE_FIXED_CALLS[sampler.partition(":")[2]])
     return (nfe + 1) // 2 if sampler in TWO_CALL_SAMPLERS else nfe
 
 
@@ -267,8 +275,10 @@ def draw(model: sg.ScoreModel, sampler: str, nfe: int, args: argparse.Namespace,
     out, used, t0 = [], 0, time.perf_counter()
     for b, start in enumerate(range(0, args.num_samples, args.sample_batch)):
         n = min(args.sample_batch, args.num_samples - start)
-        res = sg.sample_with_info(model, (n, *shape), sampler, steps=grid_steps(sampler, nfe),
-                                  generator=torch.Generator(device).manual_seed(args.seed + b))
+        name, _, method = sampler.partition(":")  # "ode:heun2" -> the ode sampler, heun2
+        res = sg.sample_with_info(model, (n, *shape), name, steps=grid_steps(sampler, nfe),
+                                  generator=torch.Generator(device).manual_seed(args.seed + b),
+                                  **({"method": method} if method else {}))
         out.append(res.x.float().cpu())
         used = res.nfe
     return torch.cat(out), used, time.perf_counter() - t0

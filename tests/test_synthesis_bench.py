@@ -47,7 +47,7 @@ def checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def result(bench, checkpoint, tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("synthesis")
-    assert bench.main([*TINY, "--checkpoint", str(checkpoint), "--samplers", "ddim,heun",
+    assert bench.main([*TINY, "--checkpoint", str(checkpoint), "--samplers", "ddim,heun,ode:heun2",
                        "--nfe", "2,3", "--out", str(out)]) == 0
     return json.loads((out / "synthesis.json").read_text()), out
 
@@ -101,9 +101,9 @@ def test_training_loop_learns_a_separable_toy(bench) -> None:
 def test_phantom_run_writes_every_output(result) -> None:
     data, out = result
     assert [(r["sampler"], r["nfe_budget"]) for r in data["rows"]] == [
-        ("ddim", 2), ("ddim", 3), ("heun", 2), ("heun", 3)]
+        ("ddim", 2), ("ddim", 3), ("heun", 2), ("heun", 3), ("ode:heun2", 2), ("ode:heun2", 3)]
     # DDIM: one call a step; Heun: two a step, one for the last (budget 2 -> 1 step -> 1 NFE)
-    assert [r["nfe"] for r in data["rows"]] == [2, 3, 1, 3]
+    assert [r["nfe"] for r in data["rows"]][:4] == [2, 3, 1, 3]
     for name in ("synthesis_nfe.png", "samples.png"):
         assert (out / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert "Fréchet" in (out / "synthesis.md").read_text()
@@ -163,6 +163,16 @@ def test_bad_arguments_are_refused(bench, checkpoint, tmp_path, capsys) -> None:
     assert bench.main([*TINY, "--size", "32", "--checkpoint", str(checkpoint),
                        "--out", str(tmp_path)]) == 2
     assert "does not match the checkpoint" in capsys.readouterr().err
+
+
+def test_the_fixed_grid_pf_ode_spends_the_budget_it_is_given(bench, result) -> None:
+    """``ode:METHOD`` is the PF-ODE on a fixed grid: NFE = steps x calls + 1 (denoise)."""
+    assert [bench.grid_steps("ode:heun2", n) for n in (3, 5, 10, 21)] == [1, 2, 4, 10]
+    assert bench.grid_steps("ode:rk4", 9) == 2 and bench.grid_steps("ode:euler", 5) == 4
+    rows = [r for r in result[0]["rows"] if r["sampler"] == "ode:heun2"]
+    assert [(r["nfe_budget"], r["nfe"]) for r in rows] == [(2, 3), (3, 3)]  # at least 1 step
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--samplers", "ode:dopri5"])  # adaptive: not a fixed grid
 
 
 def test_default_output_is_under_runs(bench) -> None:
