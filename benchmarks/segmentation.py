@@ -62,11 +62,13 @@ from scoregen.segmentation import (  # noqa: E402
     SegmentationDataset,
     class_groups,
     confusion_matrix,
+    describe_augment,
     evaluate_segmentation,
     predict_masks,
     random_subset,
     segment,
     segmentation_panels,
+    training_augment,
     uncertainty,
 )
 from scoregen.segmentation.calibration_study import (  # noqa: E402
@@ -177,7 +179,8 @@ def load_data(args: argparse.Namespace, info: dict[str, Any]
                          dict[str, Any]]:
     """(train rest, held-out tuning set, val, notes): the checkpoint's own carving."""
     holdout = info.get("holdout") or {"n": 0, "seed": args.seed}
-    augment = bool(info.get("augment", args.data_root is not None))
+    augment = training_augment(bool(info.get("augment", args.data_root is not None)),
+                               bool(info.get("intensity_augment", False))) or False
     if args.data_root is None:
         train = PhantomDataset(args.phantom_train, task=args.task, size=args.size,
                                seed=args.seed, augment=augment)
@@ -205,7 +208,8 @@ def load_data(args: argparse.Namespace, info: dict[str, Any]
         held = PhantomDataset(max(args.phantom_val, 8), task=args.task, size=args.size,
                               seed=args.seed + 20_000)
         held_note = f"{len(held)} fresh phantom cases (seed {args.seed + 20_000})"
-    notes = {"data": data, "augment": augment, "train_images": len(rest),
+    notes = {"data": data, "augment": describe_augment(augment or None),
+             "train_images": len(rest),
              "held_out": held_note, "held_images": len(held)}
     return rest, held, val, notes
 

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 import scoregen as sg
-from scoregen.segmentation import SegmentationDataset
+from scoregen.segmentation import SegmentationDataset, describe_augment
 
 __all__ = ["PEERS", "TrainedPeer", "Segmenter", "import_monai", "soft_dice_loss",
            "train_peer", "MONAI_SKIP_MESSAGE", "PadToMultiple"]
@@ -163,7 +163,8 @@ def train_peer(
         net, loss_fn = _monai_net_and_loss()
         opt: torch.optim.Optimizer = torch.optim.Adam(net.parameters(), lr=lr)
         recipe = (f"MONAI UNet (16-256, 4 strides, 2 res units), DiceCELoss(sigmoid), "
-                  f"Adam lr {lr:g}, batch {batch_size}, augment {train_ds.augment is not None}")
+                  f"Adam lr {lr:g}, batch {batch_size}, "
+                  f"augment {describe_augment(train_ds.augment)}")
         schedule = sg.TrainConfig(lr=lr, max_steps=planned)  # constant lr
     else:
         if unet_config is None:
@@ -177,7 +178,7 @@ def train_peer(
         opt = torch.optim.AdamW(net.parameters(), lr=lr)
         recipe = (f"same U-Net as the diffusion model, BCE + soft Dice, AdamW lr {lr:g}, "
                   f"warm-up + cosine, EMA 0.999, batch {batch_size}, "
-                  f"augment {train_ds.augment is not None}")
+                  f"augment {describe_augment(train_ds.augment)}")
         # the diffusion runs' schedule (examples/covid_qu_seg.py): warm-up, cosine to 5 %
         schedule = sg.TrainConfig(lr=lr, warmup_steps=min(100, planned // 10),
                                   lr_schedule="cosine", min_lr=0.05 * lr, max_steps=planned)

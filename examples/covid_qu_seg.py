@@ -68,6 +68,7 @@ from scoregen.segmentation import (
     random_subset,
     segment,
 )
+from scoregen.segmentation.augment import Augment, training_augment
 from scoregen.train import CheckpointError, ExistingRunError, OutDirInUseError
 from scoregen.train.checkpoint import Checkpoint, load_checkpoint
 from scoregen.train.checkpoint_dir import latest_checkpoint, list_checkpoints
@@ -108,6 +109,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                       help="small random affine on training pairs (no flips); default: on "
                            "for real data, off on the phantom")
+    data.add_argument("--intensity-augment", action=argparse.BooleanOptionalAction,
+                      default=False,
+                      help="also a random gamma / contrast / brightness of the X-ray "
+                           "(RandomIntensity; for other scanners) (default: off)")
     data.add_argument("--holdout", type=nonnegative_int, default=None,
                       help="Train images set aside (never trained on) for the per-epoch "
                            "scores, thresholds and temperatures; default 256 on real data, "
@@ -224,7 +229,18 @@ def run_info(args: argparse.Namespace) -> dict[str, Any]:
             "image_size": args.size,
             "data": "phantom" if args.data_root is None else "COVID-QU-Ex",
             "preset": preset_of(args), "augment": bool(args.augment),
-            "holdout": {"n": args.holdout, "seed": args.seed}}
+            "holdout": {"n": args.holdout, "seed": args.seed}, **intensity_of(args)}
+
+
+def intensity_of(args: argparse.Namespace) -> dict[str, bool]:
+    """``{"intensity_augment": True}`` when on; nothing otherwise, so the run info and
+    recipe of runs from before the flag are unchanged (a resume compares them)."""
+    return {"intensity_augment": True} if getattr(args, "intensity_augment", False) else {}
+
+
+def augment_of(args: argparse.Namespace) -> Augment | None:
+    """The training pairs' augmentation: ``--augment`` (affine), ``--intensity-augment``."""
+    return training_augment(bool(args.augment), bool(getattr(args, "intensity_augment", False)))
 
 
 def recipe_of(args: argparse.Namespace) -> dict[str, Any]:
@@ -234,7 +250,7 @@ def recipe_of(args: argparse.Namespace) -> dict[str, Any]:
             "aux_loss": args.aux_loss, "aux_weight": args.aux_weight,
             "aux_weighting": args.aux_weighting, "time_power": args.time_power,
             "batch_size": args.batch_size,
-            "lr": args.lr, "ema_decay": args.ema_decay}
+            "lr": args.lr, "ema_decay": args.ema_decay, **intensity_of(args)}
 
 
 def preset_of(args: argparse.Namespace) -> str:
@@ -249,7 +265,7 @@ def load_data(args: argparse.Namespace, split: str = "Val") -> tuple[
     if args.data_root is None:
         train = None if args.evaluate is not None else PhantomDataset(
             args.phantom_train, task=args.task, size=args.size, seed=args.seed,
-            augment=args.augment)
+            augment=augment_of(args) or False)
         val = PhantomDataset(args.phantom_val, task=args.task, size=args.size,
                              seed=args.seed + 10_000)
         n_train = f"{len(train)} train / " if train is not None else ""
@@ -258,7 +274,8 @@ def load_data(args: argparse.Namespace, split: str = "Val") -> tuple[
     train = None
     if args.evaluate is None:
         train = CovidQUDataset(args.data_root, split="Train", task=args.task, size=args.size,
-                               augment=args.augment, seed=args.seed, progress=progress)
+                               augment=augment_of(args) or False, seed=args.seed,
+                               progress=progress)
     val = CovidQUDataset(args.data_root, split=split, task=args.task, size=args.size,
                          progress=progress)
     n_train = f"{len(train)} train / " if train is not None else ""

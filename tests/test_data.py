@@ -15,12 +15,16 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from scoregen.segmentation import (
+    Chain,
     CovidQUDataset,
     PhantomDataset,
     RandomAffine,
+    RandomIntensity,
     SegmentationDataset,
+    describe_augment,
     find_split_root,
     make_phantom_set,
+    training_augment,
     write_phantom_folder,
 )
 
@@ -256,7 +260,7 @@ def test_zero_augmentation_is_identity():
     assert torch.equal(item["mask"], ds.masks[1])
     with pytest.raises(ValueError, match="max_scale must be < 1"):
         RandomAffine(max_scale=1.0)
-    with pytest.raises(TypeError, match="augment must be a bool or a RandomAffine"):
+    with pytest.raises(TypeError, match="augment must be a bool, a RandomAffine"):
         PhantomDataset(2, augment="flip")
     with pytest.raises(ValueError, match="seed must be an int >= 0"):
         PhantomDataset(2, seed=-1)
@@ -275,6 +279,48 @@ def test_augmentation_never_flips():
         assert (item["mask"][0, 8:24, 2:4] == 1).all()
         assert (item["mask"][0, :, 16:] == -1).all()
         assert item["image"][0, 16, :8].mean() < item["image"][0, 16, -8:].mean()
+
+
+def test_intensity_augmentation_is_the_stated_curve_and_leaves_the_mask():
+    """x' = clamp(c (2 u^gamma - 1) + b, -1, 1), u = (x + 1) / 2, with (log gamma, c, b)
+    the caller's three uniform draws in that order."""
+    image = torch.linspace(-1, 1, 64).reshape(1, 8, 8)
+    mask = torch.where(image > 0, 1.0, -1.0)
+    aug = RandomIntensity(max_log_gamma=0.4, max_contrast=0.2, max_brightness=0.1)
+    out, out_mask = aug(image, mask, np.random.default_rng(7))
+    rng = np.random.default_rng(7)
+    gamma = np.exp(rng.uniform(-0.4, 0.4))
+    c, b = rng.uniform(0.8, 1.2), rng.uniform(-0.1, 0.1)
+    u = (image.double() + 1) / 2
+    want = (c * (2 * u ** gamma - 1) + b).clamp(-1, 1)
+    torch.testing.assert_close(out.double(), want, atol=1e-6, rtol=0)
+    assert out_mask is mask and not torch.allclose(out, image)
+    assert out.min() >= -1 and out.max() <= 1
+    assert (out[0].flatten().diff() >= 0).all()  # monotone: the anatomy's order is kept
+    same, _ = RandomIntensity(0.0, 0.0, 0.0)(image, mask, np.random.default_rng(1))
+    torch.testing.assert_close(same, image, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="max_contrast must be < 1"):
+        RandomIntensity(max_contrast=1.0)
+    with pytest.raises(ValueError, match="max_log_gamma must be a finite number"):
+        RandomIntensity(max_log_gamma=-0.1)
+
+
+def test_a_chain_applies_affine_then_intensity_with_one_rng():
+    ds = PhantomDataset(3, augment=training_augment(True, True), seed=5)
+    affine_only = PhantomDataset(3, augment=RandomAffine(), seed=5)
+    item, moved = ds[1], affine_only[1]
+    assert torch.equal(item["mask"], moved["mask"])  # the affine's draw comes first
+    rng = np.random.default_rng([5, 0, 1])
+    RandomAffine().sample_matrix(rng)  # consume the affine's draws
+    want, _ = RandomIntensity()(moved["image"], moved["mask"], rng)
+    torch.testing.assert_close(item["image"], want)
+    assert [describe_augment(a) for a in (None, RandomAffine(), RandomIntensity(),
+                                          training_augment(True, True))] == [
+        "none", "affine", "intensity", "affine+intensity"]
+    assert training_augment(False, False) is None
+    assert isinstance(training_augment(False, True), RandomIntensity)
+    with pytest.raises(TypeError, match="Chain takes a non-empty tuple"):
+        Chain(("flip",))
 
 
 # ---------------------------------------------------------------------- phantom

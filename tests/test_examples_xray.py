@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from scoregen.segmentation import write_phantom_folder
+from scoregen.segmentation import describe_augment, write_phantom_folder
 from scoregen.train.checkpoint import load_checkpoint, write_checkpoint
 from scoregen.train.checkpoint_dir import latest_checkpoint
 
@@ -278,3 +278,28 @@ def test_a_trained_lung_model_beats_every_model_that_learns_nothing(tmp_path):
     best_null = max(segmentation_metrics(p, truth, 0.5)["dice"] for p in nulls.values())
     assert best_null < 0.86
     assert dice > max(0.88, best_null + 0.03), (dice, best_null)
+
+
+def test_intensity_augmentation_reaches_the_run_info_and_the_benchmark_peers(tmp_path):
+    """--intensity-augment chains RandomIntensity after the affine, is saved in the run
+    info (only when on: older runs' info is unchanged) and the benchmark rebuilds it for
+    the supervised peers from that info."""
+    example = _load("examples/covid_qu_seg.py")
+    on = example.parse_args(["--intensity-augment", "--augment"])
+    off = example.parse_args(["--augment"])
+    assert describe_augment(example.augment_of(on)) == "affine+intensity"
+    assert example.run_info(on)["intensity_augment"] is True
+    assert example.recipe_of(on)["intensity_augment"] is True
+    assert "intensity_augment" not in example.run_info(off)
+    assert "intensity_augment" not in example.recipe_of(off)
+    train, _, _ = example.load_data(on)
+    assert describe_augment(train.augment) == "affine+intensity"
+    bench = _load("benchmarks/segmentation.py")
+    args = bench.parse_args(["--checkpoint", "unused", "--phantom-train", "16",
+                             "--phantom-val", "8", "--size", "16",
+                             "--task", "lung", "--out", str(tmp_path)])
+    info = {"augment": True, "intensity_augment": True, "holdout": {"n": 4, "seed": 0}}
+    rest, _, _, notes = bench.load_data(args, info)
+    assert describe_augment(rest.augment) == notes["augment"] == "affine+intensity"
+    rest, _, _, notes = bench.load_data(args, {"augment": True, "holdout": {"n": 4, "seed": 0}})
+    assert notes["augment"] == "affine"

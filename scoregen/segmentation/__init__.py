@@ -7,7 +7,7 @@ core imports it. Its parts:
 * data — :mod:`~scoregen.segmentation.covid_qu` (the COVID-QU-Ex folder layout),
   :mod:`~scoregen.segmentation.phantom` (a synthetic X-ray phantom),
   :mod:`~scoregen.segmentation.dataset` (the in-memory set both share),
-  :mod:`~scoregen.segmentation.augment` (small random affines). Every set yields
+  :mod:`~scoregen.segmentation.augment` (small random affines, intensity changes). Every set yields
   ``{"image": (1, S, S), "mask": (1, S, S), "name", "class"}`` with images in [-1, 1]
   and masks in {-1, +1};
 * :mod:`~scoregen.segmentation.inference` — :func:`segment` (an ensemble of sampled masks,
@@ -17,7 +17,13 @@ core imports it. Its parts:
 * :mod:`~scoregen.segmentation.panels` — the X-ray | truth | prediction | uncertainty figure.
 """
 
-from scoregen.segmentation.augment import RandomAffine
+from scoregen.segmentation.augment import (
+    Chain,
+    RandomAffine,
+    RandomIntensity,
+    describe_augment,
+    training_augment,
+)
 from scoregen.segmentation.covid_qu import (
     CLASSES,
     MASK_FOLDERS,
@@ -58,6 +64,7 @@ from scoregen.segmentation.phantom import PhantomDataset, make_phantom_set, writ
 __all__ = [
     # data
     "CLASSES", "MASK_FOLDERS", "SPLITS", "CovidQUDataset", "PhantomDataset", "RandomAffine",
+    "RandomIntensity", "Chain", "training_augment", "describe_augment",
     "SegmentationDataset", "find_split_root", "make_phantom_set", "write_phantom_folder",
     # segmenting by sampling
     "SegmentationOutput", "segment", "evaluate_segmentation", "predict_masks",

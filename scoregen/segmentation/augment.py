@@ -1,8 +1,9 @@
-"""Random affine augmentation applied jointly to a chest X-ray and its mask.
+"""Augmentation of a chest X-ray and its mask: a small random affine applied to both,
+a random intensity change (gamma, contrast, brightness) of the X-ray alone, and a chain
+of the two.
 
-A small rotation, translation and isotropic scaling, drawn from a
-``numpy.random.Generator`` so that the caller decides determinism (the datasets
-seed it with ``(seed, epoch, index)``).
+Every draw comes from a ``numpy.random.Generator`` so that the caller decides
+determinism (the datasets seed it with ``(seed, epoch, index)``).
 
 There are deliberately **no flips**. Chest anatomy is not left-right symmetric:
 the heart sits on the patient's left (the image's right in a PA view), the left
@@ -82,3 +83,85 @@ class RandomAffine:
         )[0]
         mask_out = torch.where(mask_out > 0.5, 1.0, -1.0)
         return image_out.to(image.dtype), mask_out.to(mask.dtype)
+
+
+@dataclass(frozen=True)
+class RandomIntensity:
+    """Random gamma, contrast and brightness of the X-ray; the mask is left as it is.
+
+    Scanners differ in exposure and look-up curves (the Montgomery and Shenzhen sets
+    against COVID-QU-Ex): with ``u = (x + 1) / 2`` in [0, 1],
+
+        x' = clamp(c (2 u^gamma - 1) + b, -1, 1),
+        log gamma ~ U(-max_log_gamma, max_log_gamma), c ~ U(1 - max_contrast, 1 + max_contrast),
+        b ~ U(-max_brightness, max_brightness),
+
+    three draws from the caller's ``rng`` in that order. All zeros is the identity.
+    """
+
+    max_log_gamma: float = 0.3
+    max_contrast: float = 0.15
+    max_brightness: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("max_log_gamma", "max_contrast", "max_brightness"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(
+                    f"RandomIntensity.{name} must be a finite number >= 0, got {value!r}")
+        if self.max_contrast >= 1:
+            raise ValueError(f"RandomIntensity.max_contrast must be < 1, got {self.max_contrast}")
+
+    def __call__(
+        self, image: Tensor, mask: Tensor, rng: np.random.Generator
+    ) -> tuple[Tensor, Tensor]:
+        """``(image', mask)`` for ``image`` in [-1, 1] (any shape), one draw from ``rng``."""
+        gamma = math.exp(rng.uniform(-self.max_log_gamma, self.max_log_gamma))
+        contrast = rng.uniform(1.0 - self.max_contrast, 1.0 + self.max_contrast)
+        brightness = rng.uniform(-self.max_brightness, self.max_brightness)
+        unit = ((image.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+        out = (contrast * (2.0 * unit.pow(gamma) - 1.0) + brightness).clamp(-1.0, 1.0)
+        return out.to(image.dtype), mask
+
+
+@dataclass(frozen=True)
+class Chain:
+    """Augmentations applied in order, each drawing from the same ``rng``."""
+
+    transforms: tuple[RandomAffine | RandomIntensity, ...]
+
+    def __post_init__(self) -> None:
+        bad = [type(t).__name__ for t in self.transforms
+               if not isinstance(t, (RandomAffine, RandomIntensity))]
+        if not self.transforms or bad:
+            raise TypeError("Chain takes a non-empty tuple of RandomAffine / RandomIntensity, "
+                            f"got {bad or 'nothing'}")
+
+    def __call__(
+        self, image: Tensor, mask: Tensor, rng: np.random.Generator
+    ) -> tuple[Tensor, Tensor]:
+        for transform in self.transforms:
+            image, mask = transform(image, mask, rng)
+        return image, mask
+
+
+#: what a dataset's ``augment`` may be (besides a bool)
+AUGMENTS = (RandomAffine, RandomIntensity, Chain)
+Augment = RandomAffine | RandomIntensity | Chain
+
+
+def training_augment(affine: bool, intensity: bool) -> Augment | None:
+    """The examples' augmentation: the default affine, the default intensity change,
+    both (affine first) or None."""
+    chosen = [t for on, t in ((affine, RandomAffine()), (intensity, RandomIntensity())) if on]
+    if not chosen:
+        return None
+    return chosen[0] if len(chosen) == 1 else Chain(tuple(chosen))
+
+
+def describe_augment(augment: object) -> str:
+    """``"none"``, ``"affine"``, ``"intensity"`` or ``"affine+intensity"``."""
+    parts = augment.transforms if isinstance(augment, Chain) else (
+        () if augment is None else (augment,))
+    names = {RandomAffine: "affine", RandomIntensity: "intensity"}
+    return "+".join(names[type(t)] for t in parts) or "none"

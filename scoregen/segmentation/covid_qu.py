@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from scoregen.segmentation.augment import RandomAffine
+from scoregen.segmentation.augment import Augment
 from scoregen.segmentation.dataset import SegmentationDataset
 
 #: Class folders of COVID-QU-Ex, in loading order.
@@ -188,8 +188,8 @@ class CovidQUDataset(SegmentationDataset):
         size: side length S the images and masks are resized to.
         classes: class folders to read (default all of :data:`CLASSES`); missing
             class folders are skipped.
-        augment: ``False``, ``True`` or a :class:`RandomAffine` (no flips, see
-            :mod:`scoregen.segmentation.augment`).
+        augment: ``False``, ``True`` (a default :class:`RandomAffine`), or an
+            augmentation of :mod:`scoregen.segmentation.augment` (no flips).
         seed: augmentation seed; items are deterministic given (seed, epoch, index).
         progress: show a tqdm bar; ``None`` shows it for 1,000 pairs or more.
 
@@ -208,7 +208,7 @@ class CovidQUDataset(SegmentationDataset):
         task: str = "lung",
         size: int = 64,
         classes: Sequence[str] | None = None,
-        augment: bool | RandomAffine = False,
+        augment: bool | Augment = False,
         seed: int = 0,
         progress: bool | None = None,
     ) -> None:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from scoregen.segmentation.augment import RandomAffine
+from scoregen.segmentation.augment import AUGMENTS, Augment, RandomAffine
 
 
 class SegmentationDataset(Dataset):
@@ -29,8 +29,9 @@ class SegmentationDataset(Dataset):
         masks: (N, 1, S, S) float tensor with values in {-1, +1}.
         names: N file names (unique per class).
         classes_of: N class names, e.g. ``"COVID-19"``.
-        augment: ``False``, ``True`` (a default :class:`RandomAffine`) or a
-            :class:`RandomAffine`. Augmented items are deterministic given
+        augment: ``False``, ``True`` (a default :class:`RandomAffine`), a
+            :class:`RandomAffine`, a :class:`RandomIntensity` or a :class:`Chain` of
+            them (:mod:`scoregen.segmentation.augment`). Augmented items are deterministic given
             ``(seed, epoch, index)``; call :meth:`set_epoch` once per epoch.
         seed: seed of the augmentation.
 
@@ -45,7 +46,7 @@ class SegmentationDataset(Dataset):
         masks: Tensor,
         names: Sequence[str],
         classes_of: Sequence[str],
-        augment: bool | RandomAffine = False,
+        augment: bool | Augment = False,
         seed: int = 0,
     ) -> None:
         if not isinstance(images, Tensor) or not isinstance(masks, Tensor):
@@ -63,9 +64,10 @@ class SegmentationDataset(Dataset):
             )
         if isinstance(augment, bool):
             augment = RandomAffine() if augment else None
-        elif not isinstance(augment, RandomAffine):
+        elif not isinstance(augment, AUGMENTS):
             kind = type(augment).__name__
-            raise TypeError(f"augment must be a bool or a RandomAffine, got {kind}")
+            raise TypeError("augment must be a bool, a RandomAffine, a RandomIntensity or a "
+                            f"Chain of them, got {kind}")
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"seed must be an int >= 0, got {seed!r}")
         self.images = images.float().contiguous()

@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from scoregen.segmentation.augment import RandomAffine
+from scoregen.segmentation.augment import Augment
 from scoregen.segmentation.dataset import SegmentationDataset
 
 _SUPERSAMPLE = 2
@@ -261,7 +261,8 @@ class PhantomDataset(SegmentationDataset):
         size: side length S.
         seed: generation seed (and augmentation seed).
         infection_fraction: share of COVID-19 cases (non-empty infection masks).
-        augment: ``False``, ``True`` or a :class:`RandomAffine`.
+        augment: ``False``, ``True`` (a default :class:`RandomAffine`), or an augmentation
+            of :mod:`scoregen.segmentation.augment`.
     """
 
     def __init__(
@@ -271,7 +272,7 @@ class PhantomDataset(SegmentationDataset):
         size: int = 64,
         seed: int = 0,
         infection_fraction: float = 0.5,
-        augment: bool | RandomAffine = False,
+        augment: bool | Augment = False,
     ) -> None:
         if task not in ("lung", "infection"):
             raise ValueError(f"task must be 'lung' or 'infection', got {task!r}")
