@@ -248,17 +248,19 @@ def ablation_table(runs: list[dict[str, Any]]) -> str:
     """Reference runs side by side with what differs between them: preset, auxiliary loss
     and its weighting over t, the training-time density (``t^(k-1)``; runs before it existed
     drew t uniformly, k = 1), augmentation, length; the run's own final Dice."""
-    lines = ["| run | preset | aux loss (weighting) | t density | augment | steps (epochs) "
+    lines = ["| run | preset | cond | aux loss (weighting) | t density | augment | steps (epochs) "
              "| training s | final eval | Dice (all) | Dice (COVID-19) | sensitivity (COVID-19) |",
-             "| --- | --- | --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: |"]
+             "| --- | --- | --- | --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: |"]
     for r in runs:
         rec, m = _recipe(r), r["metrics"]
         aux = "none" if rec["aux_loss"] == "none" else f"{rec['aux_loss']} ({rec['aux_weighting']})"
         out = Path(r["checkpoint"]).parent.parent.name
         k = float(rec.get("time_power", 1.0))
         density = "uniform" if k == 1 else f"t^{k - 1:g}"
-        lines.append(f"| {out} | {rec['preset']} | {aux} | {density} "
-                     f"| {'yes' if rec['augment'] else 'no'} "
+        augment = ("yes" if rec["augment"] else "no") + (
+            " + intensity" if rec.get("intensity_augment") else "")
+        lines.append(f"| {out} | {rec['preset']} | {rec.get('cond', 'add')} | {aux} | {density} "
+                     f"| {augment} "
                      f"| {r['steps']:,} ({r['epochs']}) | {r['train_seconds']:.0f} | "
                      f"{r['protocol'].split(';')[0].split(', micro')[0]} | {_dice(m, 'all')} | "
                      f"{_dice(m, 'COVID-19')} | {_f(m.get('COVID-19', {}).get('sensitivity'))} |")

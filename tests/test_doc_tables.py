@@ -54,12 +54,14 @@ def test_the_ablation_table_reads_the_recipe_or_parses_the_recorded_command():
     new = {**base, "recipe": {"preset": "fast", "aux_loss": "dice_bce",
                               "aux_weighting": "uniform", "augment": True}}
     ramp = {**base, "recipe": {**new["recipe"], "time_power": 2.0}}
-    rows = tables.ablation_table([old, new, ramp]).splitlines()[2:]
-    assert rows[0].startswith("| ref_infection | small | dice_bce (alpha2) | uniform | no "
+    concat = {**base, "recipe": {**new["recipe"], "cond": "concat", "intensity_augment": True}}
+    rows = tables.ablation_table([old, new, ramp, concat]).splitlines()[2:]
+    assert rows[0].startswith("| ref_infection | small | add | dice_bce (alpha2) | uniform | no "
                               "| 2,160 (20) | 3774 | 446 validation images, ddim with 2 steps "
                               "| 0.7000 | 0.7500 | 0.6900 |")
-    assert "| fast | dice_bce (uniform) | uniform | yes |" in rows[1]
-    assert "| fast | dice_bce (uniform) | t^1 | yes |" in rows[2]
+    assert "| fast | add | dice_bce (uniform) | uniform | yes |" in rows[1]
+    assert "| fast | add | dice_bce (uniform) | t^1 | yes |" in rows[2]
+    assert "| fast | concat | dice_bce (uniform) | uniform | yes + intensity |" in rows[3]
 
 
 def test_the_unconditional_runs_table_reads_the_examples_record():
