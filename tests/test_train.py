@@ -27,6 +27,7 @@ from scoregen.train.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    save_checkpoint,
 )
 from scoregen.train.ema import EMA, ema_decay_at
 from scoregen.train.metrics_log import MetricsLog
@@ -397,6 +398,23 @@ def test_run_info_is_saved_and_a_different_one_is_refused_on_resume(tmp_path):
     assert make_trainer(tmp_path, run_info={"task": "lung", "mask": "lung"}).resume()
     with pytest.raises(TypeError, match="run_info must be a mapping"):
         make_trainer(tmp_path, run_info=["lung"])
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_metadata_with_a_non_finite_number_is_refused_up_front(tmp_path, bad):
+    """A NaN in run_info or model_config used to be written as a bare NaN token (not
+    standard JSON: other readers of the header reject it) and, since NaN != NaN, made
+    every resume of the run fail as a config mismatch."""
+    with pytest.raises(ValueError, match="run_info holds a NaN or infinite number"):
+        make_trainer(tmp_path, run_info={"best": bad})
+    model = make_trainer(tmp_path).model
+    with pytest.raises(ValueError, match="model_config holds a NaN or infinite number"):
+        Trainer(model, TrainConfig(), tmp_path, model_config={"dropout": [0.1, bad]})
+    with pytest.raises(TypeError, match="run_info must be JSON"):
+        make_trainer(tmp_path, run_info={"path": Path("x")})
+    with pytest.raises(ValueError, match="state holds a NaN"):
+        save_checkpoint(tmp_path / "c.safetensors", model, state={"loss": bad})
+    assert not (tmp_path / "c.safetensors").exists()
 
 
 def test_resume_with_changed_host_options_is_silent(tmp_path):

@@ -147,10 +147,18 @@ def _decode(obj: Any, tensors: Mapping[str, Tensor]) -> Any:
 
 # ---------------------------------------------------------------------------- high level
 def _jsonable(name: str, value: Any) -> Any:
+    """``value`` unchanged if it is standard JSON: no objects JSON lacks and no NaN or
+    infinity, whose bare tokens other readers of the header (serde_json, JSON.parse)
+    reject and which never compare equal on resume."""
     try:
-        json.dumps(value, allow_nan=True)
-    except (TypeError, ValueError) as e:
+        json.dumps(value)
+    except TypeError as e:
         raise TypeError(f"{name} must be JSON-serialisable to be saved in a checkpoint: {e}") from e
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        raise ValueError(f"{name} holds a NaN or infinite number; a checkpoint's metadata is "
+                         f"standard JSON: store it as a string or None") from None
     return value
 
 

@@ -114,7 +114,7 @@ def write_atomic(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     owned = _owned(tensors)
-    meta_text = json.dumps(meta)
+    meta_text = json.dumps(meta, allow_nan=False)  # standard JSON: no bare NaN / Infinity
     crcs = {name: _crc(t) for name, t in owned.items()}
     crcs[_META_CRC] = f"{zlib.crc32(meta_text.encode()):08x}"
     header = {"format": FORMAT, "version": str(VERSION), "meta": meta_text,

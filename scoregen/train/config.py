@@ -224,11 +224,23 @@ def plain_model_config(model_config: Mapping[str, Any] | Any | None) -> dict[str
         model_config = dataclasses.asdict(model_config)
     if model_config is None:
         return None
-    return json.loads(json.dumps(dict(model_config)))
+    return _plain_json("model_config", dict(model_config))
+
+
+def _plain_json(name: str, value: dict[str, Any]) -> dict[str, Any]:
+    """A JSON copy of ``value``; a clear error for what a checkpoint cannot hold."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except TypeError as e:
+        raise TypeError(f"{name} must be JSON (dicts, lists, str, numbers, bools, None): "
+                        f"{e}") from None
+    except ValueError:
+        raise ValueError(f"{name} holds a NaN or infinite number; it is saved in every "
+                         "checkpoint as standard JSON: use a string or None") from None
 
 
 def plain_run_info(run_info: Mapping[str, Any] | None) -> dict[str, Any]:
     """What the run is about, as a plain JSON dict (a copy; None: empty)."""
     if run_info is not None and not isinstance(run_info, Mapping):
         raise TypeError(f"run_info must be a mapping (JSON), got {type(run_info).__name__}")
-    return json.loads(json.dumps(dict(run_info or {})))
+    return _plain_json("run_info", dict(run_info or {}))
