@@ -122,8 +122,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--phantom-val", type=positive_int, default=64,
                       help="phantom validation cases (without --data-root)")
     model = p.add_argument_group("model (with --evaluate: from the checkpoint)")
-    model.add_argument("--cond", choices=("add", "concat"), default=None,
-                       help="how the X-ray conditions the U-Net (default add)")
+    model.add_argument("--cond", choices=("add", "concat", "both"), default=None,
+                       help="how the X-ray conditions the U-Net: SegDiff's encoder added, "
+                            "concatenated, or both (default add)")
     model.add_argument("--preset", choices=tuple(sg.UNET_PRESETS), default=None,
                        help="U-Net size; default 'small' on real data, 'tiny' on the phantom")
     model.add_argument("--prediction", choices=sg.PREDICTIONS, default=None,

@@ -76,7 +76,7 @@ def inputs(batch: int = BATCH, channels: int = 1, size: int = SIZE) -> tuple[Ten
 
 
 # --------------------------------------------------------------------------- flow
-@pytest.mark.parametrize("cond_mode", ["add", "concat"])
+@pytest.mark.parametrize("cond_mode", ["add", "concat", "both"])
 @pytest.mark.parametrize("name", list(SAMPLERS))
 def test_cond_reaches_the_unet_untouched_through_every_sampler(name: str, cond_mode: str):
     spy = Spy(make_unet(cond_mode))
@@ -252,10 +252,12 @@ def count_encoder_calls(net: sg.UNet) -> list[int]:
     return calls
 
 
-@pytest.mark.parametrize("name, patch_size", [("ddim", 1), ("ancestral", 1), ("dpmpp_2m", 1),
-                                              ("ddim", 2)])
-def test_an_encoded_condition_gives_the_same_samples_with_one_encoder_call(name, patch_size):
-    net = make_unet("add", patch_size=patch_size)
+@pytest.mark.parametrize("name, patch_size, mode", [
+    ("ddim", 1, "add"), ("ancestral", 1, "add"), ("dpmpp_2m", 1, "add"), ("ddim", 2, "add"),
+    ("ddim", 1, "both"), ("ddim", 2, "both")])
+def test_an_encoded_condition_gives_the_same_samples_with_one_encoder_call(name, patch_size,
+                                                                           mode):
+    net = make_unet(mode, patch_size=patch_size)
     p = patch_size
     encoder_calls = count_encoder_calls(net)
     model = sg.ScoreModel(net, sg.VPSDE())
@@ -294,8 +296,10 @@ BAD_ENCODED = {
     "size": ("add", (BATCH, 8, SIZE // 2, SIZE // 2), r"features must have shape"),
     "full-size-for-patches": ("add-p2", (BATCH, 8, SIZE, SIZE),
                               r"\(2, 8, 8, 8\) .*patch_size 2"),
-    "concat-net": ("concat", (BATCH, 8, SIZE, SIZE), r"only fits cond_mode='add'"),
-    "unconditional-net": (None, (BATCH, 8, SIZE, SIZE), r"only fits cond_mode='add'"),
+    "concat-net": ("concat", (BATCH, 8, SIZE, SIZE), r"only fits cond_mode 'add' or 'both'"),
+    "unconditional-net": (None, (BATCH, 8, SIZE, SIZE), r"only fits cond_mode 'add' or"),
+    "both-without-image": ("both", (BATCH, 8, SIZE, SIZE), r"'both' needs an EncodedCondition"
+                                                           r" that carries the image"),
 }
 
 
@@ -321,6 +325,30 @@ def test_a_wrong_encoded_condition_is_refused_before_the_sampler_moves(case: str
 def test_encode_condition_validates_the_image(cond, error, message):
     with pytest.raises(error, match=message):
         make_unet("add").encode_condition(cond)
+
+
+def test_both_reads_the_image_in_the_input_conv_and_adds_the_encoder():
+    """cond_mode="both": F([x_t, I]) + G(I), each path live: zeroing the input conv's
+    condition weights leaves G(I); removing G leaves F([x_t, I])."""
+    torch.manual_seed(0)
+    both, add, concat = (make_unet(m) for m in ("both", "add", "concat"))
+    stem = both.stem
+    assert stem.conv.in_channels == 2 and stem.encoder is not None
+    x, cond = inputs()
+    conv_only = torch.nn.functional.conv2d(torch.cat([x, cond], 1), stem.conv.weight,
+                                           stem.conv.bias, padding=1)
+    torch.testing.assert_close(stem(x, cond), conv_only + stem.encoder(cond))
+    assert add.stem.conv.in_channels == 1 and concat.stem.encoder is None
+    encoded = both.encode_condition(cond)
+    assert encoded.image is cond
+    torch.testing.assert_close(stem(x, encoded), stem(x, cond))
+    twice = encoded.repeat(2)
+    assert twice.image.shape == (2 * BATCH, 1, SIZE, SIZE)
+    torch.testing.assert_close(twice.image[BATCH:], cond)
+    with pytest.raises(ValueError, match="cond_mode=None .* 'both'"):
+        sg.UNetConfig.from_preset("tiny", cond_mode=None, cond_channels=1)
+    with pytest.raises(TypeError, match="image must be a floating-point"):
+        sg.nn.EncodedCondition(torch.zeros(BATCH, 8, SIZE, SIZE), torch.zeros(BATCH + 1, 1, 4, 4))
 
 
 def test_encoded_condition_needs_a_4d_float_tensor():

@@ -23,8 +23,8 @@ from scoregen.nn import (
 
 #: cond-mode id -> (cond_mode, cond_channels). Two condition channels, one image channel,
 #: so channel mistakes between x and cond cannot cancel out.
-MODES = {"uncond": (None, 0), "add": ("add", 2), "concat": ("concat", 2)}
-COND_MODES = ["add", "concat"]
+MODES = {"uncond": (None, 0), "add": ("add", 2), "concat": ("concat", 2), "both": ("both", 2)}
+COND_MODES = ["add", "concat", "both"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -345,7 +345,7 @@ def test_patches_move_the_finest_level_to_half_resolution(mode: str) -> None:
         out = net(x, t, cond)
     assert out.shape == (2, 2, 16, 24)
     assert seen == [(2, net.config.level_channels[0], 8, 12)]
-    assert net.stem.conv.in_channels == (3 + (2 if mode == "concat" else 0)) * 4
+    assert net.stem.conv.in_channels == (3 + (2 if mode in ("concat", "both") else 0)) * 4
 
 
 def test_patches_keep_pixel_resolution() -> None:
@@ -451,7 +451,7 @@ BAD_CONFIGS = {
     "bad-cond-mode": (
         lambda: UNetConfig(cond_mode="cross", cond_channels=1),
         ValueError,
-        r"cond_mode must be one of \(None, 'concat', 'add'\)",
+        r"cond_mode must be one of \(None, 'concat', 'add', 'both'\)",
     ),
     "attention-factor": (
         lambda: UNetConfig(attention_resolutions=(16,)),

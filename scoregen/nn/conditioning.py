@@ -1,6 +1,6 @@
 """How a condition image (e.g. the X-ray being segmented) enters the U-Net.
 
-``cond_mode`` picks one of two fusions at the network's input (its "stem"):
+``cond_mode`` picks one of three fusions at the network's input (its "stem"):
 
 - ``"concat"``: the condition is concatenated to ``x_t`` along the channels and the
   input conv reads ``in_channels + cond_channels`` channels (e.g. Saharia et al. 2021,
@@ -8,6 +8,8 @@
 - ``"add"``: SegDiff (Amit et al. 2021, arXiv:2112.00390, Sec. 3, Fig. 2): ``x_t`` is
   mapped by the input conv F and the condition by a small convolutional encoder G at
   full resolution to the same width, and the U-Net starts from ``F(x_t) + G(I)``.
+- ``"both"``: the two together, ``F([x_t, I]) + G(I)``: the input conv reads the raw
+  condition beside ``x_t`` and the encoder's features are added on top.
 - ``None``: an unconditional network (``cond_channels`` must be 0).
 
 A missing condition (``cond=None`` given to a conditional network) is the all-zeros
@@ -15,10 +17,12 @@ image, so ``net(x, t, None) == net(x, t, zeros)``: classifier-free guidance (Ho 
 Salimans 2022, arXiv:2207.12598) trains the "unconditional" branch by zeroing the
 condition, which the loss does, not this module.
 
-Encoding once per sampling call: in ``"add"`` mode G(I) does not depend on ``x_t`` or
-``t``, yet a sampler calls the net once per step, so G would run ``steps`` times on the
-same image. :meth:`scoregen.nn.UNet.encode_condition` computes G(I) once and wraps it in
-an :class:`EncodedCondition`, which the stem takes in place of ``cond`` and adds as is.
+Encoding once per sampling call: in ``"add"`` (and ``"both"``) mode G(I) does not
+depend on ``x_t`` or ``t``, yet a sampler calls the net once per step, so G would run
+``steps`` times on the same image. :meth:`scoregen.nn.UNet.encode_condition` computes
+G(I) once and wraps it in an :class:`EncodedCondition`, which the stem takes in place
+of ``cond`` and adds as is (in ``"both"`` mode it also carries the image, which the
+input conv still reads).
 An encoded condition is the conditional branch only: classifier-free guidance needs
 G(0) for its unconditional branch and therefore the raw image (ScoreModel refuses it).
 """
@@ -31,11 +35,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["COND_MODES", "ConditionEncoder", "ConditionalStem", "EncodedCondition",
-           "prepare_condition"]
+__all__ = ["COND_MODES", "CONCAT_MODES", "ENCODER_MODES", "ConditionEncoder",
+           "ConditionalStem", "EncodedCondition", "prepare_condition"]
 
 #: Valid values of ``cond_mode``.
-COND_MODES: tuple[str | None, ...] = (None, "concat", "add")
+COND_MODES: tuple[str | None, ...] = (None, "concat", "add", "both")
+#: the modes whose stem has SegDiff's encoder G (and so an EncodedCondition)
+ENCODER_MODES = ("add", "both")
+#: the modes whose input conv reads the condition image beside x_t
+CONCAT_MODES = ("concat", "both")
 
 
 @dataclass(frozen=True)
@@ -45,10 +53,13 @@ class EncodedCondition:
     ``features: (B, C_0, H, W)``, C_0 the U-Net's first width. Made by
     :meth:`scoregen.nn.UNet.encode_condition`; pass it as ``cond`` to the net or to
     :func:`scoregen.sample` and the stem computes ``F(x_t) + features`` without running G.
-    Only for ``cond_mode="add"``; it has no unconditional branch (see the module docstring).
+    ``image: (B, cond_channels, H, W)``, the condition itself, for ``cond_mode="both"``
+    (whose input conv reads it: ``F([x_t, image]) + features``); None for ``"add"``.
+    It has no unconditional branch (see the module docstring).
     """
 
     features: Tensor
+    image: Tensor | None = None
 
     def __post_init__(self) -> None:
         f = self.features
@@ -58,6 +69,14 @@ class EncodedCondition:
             raise TypeError(
                 f"EncodedCondition.features must be a floating-point (B, C_0, H, W) "
                 f"tensor; got {got}"
+            )
+        im = self.image
+        if im is not None and (not isinstance(im, Tensor) or not im.is_floating_point()
+                               or im.ndim != 4 or im.shape[0] != f.shape[0]):
+            got = f"{tuple(im.shape)} {im.dtype}" if isinstance(im, Tensor) else type(im).__name__
+            raise TypeError(
+                f"EncodedCondition.image must be a floating-point (B, cond_channels, H, W) "
+                f"tensor with the batch of features ({f.shape[0]}); got {got}"
             )
 
     @property
@@ -73,7 +92,8 @@ class EncodedCondition:
     def repeat(self, times: int) -> EncodedCondition:
         """The batch repeated ``times`` times, ``(times * B, C_0, H, W)``: row ``k * B + j``
         is image ``j`` (like ``cond.repeat(times, 1, 1, 1)`` for an ensemble)."""
-        return EncodedCondition(self.features.repeat(times, 1, 1, 1))
+        image = None if self.image is None else self.image.repeat(times, 1, 1, 1)
+        return EncodedCondition(self.features.repeat(times, 1, 1, 1), image)
 
 
 def check_cond_mode(cond_mode: str | None, cond_channels: int) -> None:
@@ -85,7 +105,8 @@ def check_cond_mode(cond_mode: str | None, cond_channels: int) -> None:
     if cond_mode is None and cond_channels != 0:
         raise ValueError(
             f"cond_mode=None (unconditional) needs cond_channels=0; got cond_channels="
-            f"{cond_channels}. Set cond_mode='add' or 'concat' for a conditional network"
+            f"{cond_channels}. Set cond_mode='add', 'concat' or 'both' for a conditional "
+            "network"
         )
     if cond_mode is not None and cond_channels < 1:
         raise ValueError(f"cond_mode={cond_mode!r} needs cond_channels >= 1; got {cond_channels}")
@@ -154,10 +175,15 @@ def _prepare_encoded(
     patch_size: int = 1,
 ) -> EncodedCondition:
     """Check an encoded condition's features against ``x`` (see :func:`prepare_condition`)."""
-    if cond_mode != "add":
+    if cond_mode not in ENCODER_MODES:
         raise ValueError(
-            f"an EncodedCondition is SegDiff's G(I) and only fits cond_mode='add'; this "
-            f"network has cond_mode={cond_mode!r}: pass the condition image as a tensor"
+            f"an EncodedCondition is SegDiff's G(I) and only fits cond_mode 'add' or 'both'; "
+            f"this network has cond_mode={cond_mode!r}: pass the condition image as a tensor"
+        )
+    if (cond_mode == "both") != (cond.image is not None):
+        raise ValueError(
+            "cond_mode='both' needs an EncodedCondition that carries the image (and 'add' "
+            "one without): make it with this network's encode_condition"
         )
     batch, _, height, width = x.shape
     height, width = height // patch_size, width // patch_size
@@ -169,9 +195,15 @@ def _prepare_encoded(
             f"encoded condition features must have shape {expected} (batch of x, the "
             f"stem's width, x's size / patch_size {patch_size}); got {tuple(f.shape)}"
         )
-    if f.device == x.device and f.dtype == x.dtype:
+    image = cond.image
+    if image is not None and tuple(image.shape[-2:]) != tuple(x.shape[-2:]):
+        raise ValueError(f"encoded condition image must have x's size {tuple(x.shape[-2:])}; "
+                         f"got {tuple(image.shape)}")
+    if f.device == x.device and f.dtype == x.dtype and (
+            image is None or (image.device == x.device and image.dtype == x.dtype)):
         return cond
-    return EncodedCondition(f.to(device=x.device, dtype=x.dtype))
+    return EncodedCondition(f.to(device=x.device, dtype=x.dtype),
+                            None if image is None else image.to(device=x.device, dtype=x.dtype))
 
 
 class _EncoderBlock(nn.Module):
@@ -248,12 +280,13 @@ class ConditionalStem(nn.Module):
         self.cond_channels = cond_channels
         self.cond_mode = cond_mode
         self.patch_size = p = patch_size
-        conv_in = (in_channels + cond_channels if cond_mode == "concat" else in_channels) * p * p
+        conv_in = (in_channels + cond_channels if cond_mode in CONCAT_MODES
+                   else in_channels) * p * p
         self.conv = nn.Conv2d(conv_in, out_channels, kernel_size=3, padding=1)
         self.encoder = (
             ConditionEncoder(cond_channels * p * p, out_channels, depth=encoder_depth,
                              groups=groups)
-            if cond_mode == "add"
+            if cond_mode in ENCODER_MODES
             else None
         )
 
@@ -270,19 +303,25 @@ class ConditionalStem(nn.Module):
                                  patch_size=self.patch_size)
 
     def encode(self, cond: Tensor) -> EncodedCondition:
-        """``G(cond)`` wrapped, for ``cond_mode="add"``; ``cond`` already validated."""
+        """``G(cond)`` wrapped (with ``cond`` itself in ``"both"`` mode), for the modes with
+        an encoder; ``cond`` already validated."""
         if self.encoder is None:
-            raise ValueError(f"only cond_mode='add' has a condition encoder; this stem has "
-                             f"cond_mode={self.cond_mode!r}")
-        return EncodedCondition(self.encoder(self._fold(cond)))  # (B, C0, H / p, W / p)
+            raise ValueError(f"only cond_mode 'add' and 'both' have a condition encoder; this "
+                             f"stem has cond_mode={self.cond_mode!r}")
+        features = self.encoder(self._fold(cond))  # (B, C0, H / p, W / p)
+        return EncodedCondition(features, cond if self.cond_mode == "both" else None)
 
     def forward(self, x: Tensor, cond: Tensor | EncodedCondition | None = None) -> Tensor:
         c = self.prepare(x, cond)  # (B, C_cond, H, W), EncodedCondition or None
         h = self._fold(x)  # (B, C_in * p * p, H / p, W / p)
-        if isinstance(c, EncodedCondition):
-            return self.conv(h) + c.features  # F(x_t) + G(I), G(I) precomputed: (B, C0, H/p, W/p)
-        if self.cond_mode == "concat":
-            return self.conv(torch.cat([h, self._fold(c)], dim=1))  # (B, C0, H / p, W / p)
-        if self.cond_mode == "add":
-            return self.conv(h) + self.encoder(self._fold(c))  # F(x_t) + G(I): (B, C0, H/p, W/p)
-        return self.conv(h)  # (B, C0, H / p, W / p)
+        if isinstance(c, EncodedCondition):  # G(I) precomputed
+            image = c.image
+            c, features = image, c.features
+        elif self.cond_mode in ENCODER_MODES:
+            features = self.encoder(self._fold(c))  # G(I): (B, C0, H / p, W / p)
+        else:
+            features = None
+        if self.cond_mode in CONCAT_MODES:
+            h = torch.cat([h, self._fold(c)], dim=1)  # [x_t, I]: (B, (C_in + C_c) p^2, H/p, W/p)
+        h = self.conv(h)  # F(.): (B, C0, H / p, W / p)
+        return h if features is None else h + features  # F(.) + G(I)

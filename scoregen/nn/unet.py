@@ -14,8 +14,8 @@ PixelCNN++-style U-Net (Ronneberger et al. 2015, arXiv:1505.04597), as the talk
 - the time embedding is supplied to every residual block (FiLM);
 - linear attention after the residual blocks of the levels listed in
   ``attention_resolutions``, full attention in the middle (lowest resolution);
-- the condition image enters at the input, by concatenation or by SegDiff's addition
-  (see ``scoregen.nn.conditioning``);
+- the condition image enters at the input, by concatenation, by SegDiff's addition or
+  by both (see ``scoregen.nn.conditioning``);
 - ``patch_size = p > 1`` folds ``p x p`` pixels into channels before the first level
   (space-to-depth) and unfolds the output (depth-to-space, ``F.pixel_shuffle``), as in
   simple diffusion (Hoogeboom et al. 2023, arXiv:2301.11093): the network's finest level
@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from .attention import Attention, LinearAttention
 from .blocks import ResBlock
-from .conditioning import ConditionalStem, EncodedCondition, check_cond_mode
+from .conditioning import ENCODER_MODES, ConditionalStem, EncodedCondition, check_cond_mode
 from .embedding import TimestepEmbedding
 
 __all__ = ["UNET_PRESETS", "UNet", "UNetConfig"]
@@ -144,7 +144,8 @@ class UNetConfig:
     Fields:
         in_channels, out_channels: channels of ``x_t`` and of the prediction.
         cond_channels, cond_mode: condition image channels and fusion
-            (``None``, ``"concat"``, ``"add"``); ``cond_channels == 0`` iff ``cond_mode`` is None.
+            (``None``, ``"concat"``, ``"add"``, ``"both"``); ``cond_channels == 0`` iff
+            ``cond_mode`` is None.
         base_channels, channel_mults: level ``l`` has ``base_channels * channel_mults[l]``
             channels and resolution ``H / 2**l``.
         num_res_blocks: residual blocks per level (down path; one more on the up path).
@@ -156,7 +157,8 @@ class UNetConfig:
         norm_groups: GroupNorm groups; must divide every channel count.
         time_embed_dim: width of the time embedding (``None``: ``4 * base_channels``).
         time_scale: the net embeds ``t * time_scale``.
-        cond_encoder_depth: residual blocks of SegDiff's condition encoder (``"add"`` only).
+        cond_encoder_depth: residual blocks of SegDiff's condition encoder (``"add"`` and
+            ``"both"``).
         patch_size: ``p``; the finest level runs at ``H / p`` (space-to-depth stem,
             depth-to-space head). ``from_dict`` reads a config saved without it as 1.
     """
@@ -483,7 +485,8 @@ class UNet(nn.Module):
         """The condition as the stem will use it at every step, computed once.
 
         ``cond: (B, cond_channels, H, W)``. ``cond_mode="add"``: SegDiff's ``G(cond)`` as an
-        :class:`~scoregen.nn.conditioning.EncodedCondition` of features ``(B, C_0, H, W)``;
+        :class:`~scoregen.nn.conditioning.EncodedCondition` of features ``(B, C_0, H, W)``
+        (``"both"``: carrying ``cond`` too);
         ``net(x, t, encoded)`` equals ``net(x, t, cond)`` without running G. ``"concat"``
         (nothing to encode) and ``None`` (unconditional; ``cond`` must be None): ``cond``
         is returned unchanged. ``cond`` is validated as :meth:`check_cond` would.
@@ -491,7 +494,7 @@ class UNet(nn.Module):
         c = self.config
         if isinstance(cond, EncodedCondition):
             raise TypeError("cond is already an EncodedCondition; pass the condition image")
-        if c.cond_mode != "add" or cond is None:
+        if c.cond_mode not in ENCODER_MODES or cond is None:
             # concat / unconditional: nothing to precompute; None stays the zeros image
             if c.cond_mode is None and cond is not None:
                 self.stem.prepare(torch.empty(1, c.in_channels, 1, 1, device="meta"), cond)

@@ -87,7 +87,7 @@ def segment(
             alone (module docstring). ``None``: drawn from ``generator``, else from
             torch's global generator.
         encode_condition: encode the images once per batch when the net has
-            ``encode_condition`` (the U-Net; SegDiff's G in ``cond_mode="add"``) and no
+            ``encode_condition`` (the U-Net; SegDiff's G in ``cond_mode`` "add" and "both") and no
             classifier-free guidance is set; ``False`` passes the images as they are.
     """
     if not torch.is_tensor(images) or images.ndim != 4:
@@ -120,7 +120,7 @@ def segment(
         cond = images[start:start + batch_size].to(device)
         b = cond.shape[0]
         if callable(encoder):
-            cond = encoder(cond)  # G(I) once per batch; (b, C_0, H, W) wrapped in "add" mode
+            cond = encoder(cond)  # G(I) once per batch; (b, C_0, H, W) wrapped ("add", "both")
         # (K*b, ...): sample k of image j at row k*b+j, drawn with generator (seed, start+j, k)
         cond_k = cond.repeat(ensemble, 1, 1, 1) if torch.is_tensor(cond) else (
             cond.repeat(ensemble))
