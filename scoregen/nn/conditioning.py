@@ -314,9 +314,8 @@ class ConditionalStem(nn.Module):
     def forward(self, x: Tensor, cond: Tensor | EncodedCondition | None = None) -> Tensor:
         c = self.prepare(x, cond)  # (B, C_cond, H, W), EncodedCondition or None
         h = self._fold(x)  # (B, C_in * p * p, H / p, W / p)
-        if isinstance(c, EncodedCondition):  # G(I) precomputed
-            image = c.image
-            c, features = image, c.features
+        if isinstance(c, EncodedCondition):  # G(I) precomputed ("both": with the image)
+            c, features = c.image, c.features
         elif self.cond_mode in ENCODER_MODES:
             features = self.encoder(self._fold(c))  # G(I): (B, C0, H / p, W / p)
         else:
