@@ -235,21 +235,23 @@ def conditional_study(args: argparse.Namespace) -> dict[str, Any]:
     threshold = (args.dice_threshold if args.dice_threshold is not None
                  else DEFAULT_DICE_THRESHOLD[task])
     progress = not args.no_progress
+    norm = info.get("image_norm", "none")  # the X-rays as the model saw them in training
     sets: dict[str, Any] = {}
     if args.data_root is not None:
-        val = CovidQUDataset(args.data_root, "Val", task=task, size=size, progress=progress)
+        val = CovidQUDataset(args.data_root, "Val", task=task, size=size, progress=progress,
+                             image_norm=norm)
         idx = random_subset(len(val), args.n, args.seed)
         sets["COVID-QU-Ex Val"] = (val.images[idx], val.masks[idx])
         if args.cross_domain is not None:
             if task != "lung":
                 raise SystemExit("--cross-domain: the second domain has lung masks only")
             other = CovidQUDataset(args.cross_domain, "Val", task="lung", size=size,
-                                   progress=progress)
+                                   progress=progress, image_norm=norm)
             j = random_subset(len(other), args.n, args.seed)
             sets["Montgomery/Shenzhen Val"] = (other.images[j], other.masks[j])
     else:
         ph = PhantomDataset(min(args.n, args.phantom_val), task=task, size=size,
-                            seed=args.seed + 10_000)
+                            seed=args.seed + 10_000, image_norm=norm)
         sets["phantom val"] = (ph.images, ph.masks)
     out: dict[str, Any] = {}
     for i, (name, (images, masks)) in enumerate(sets.items()):

@@ -79,6 +79,7 @@ from scoregen.segmentation.calibration_study import (  # noqa: E402
     near_region,
     temperature_scale,
 )
+from scoregen.segmentation.image_norm import check_image_norm  # noqa: E402
 
 DEFAULT_OPERATING = "ddim:1x1,ddim:1x4,ddim:1x8,ddim:2x4,dpmpp_2m:2x4,ddim:5x2,ddim:10x1"
 #: The issue's cost limit: network evaluations per image (steps x K).
@@ -181,19 +182,20 @@ def load_data(args: argparse.Namespace, info: dict[str, Any]
     holdout = info.get("holdout") or {"n": 0, "seed": args.seed}
     augment = training_augment(bool(info.get("augment", args.data_root is not None)),
                                bool(info.get("intensity_augment", False))) or False
+    norm = image_norm_of(info)
     if args.data_root is None:
         train = PhantomDataset(args.phantom_train, task=args.task, size=args.size,
-                               seed=args.seed, augment=augment)
+                               seed=args.seed, augment=augment, image_norm=norm)
         val = PhantomDataset(args.phantom_val, task=args.task, size=args.size,
-                             seed=args.seed + 10_000)
+                             seed=args.seed + 10_000, image_norm=norm)
         data = "synthetic phantom"
     else:
         progress = not args.no_progress
         train = CovidQUDataset(args.data_root, "Train", task=args.task, size=args.size,
                                augment=augment, seed=int(holdout.get("seed", args.seed)),
-                               progress=progress)
+                               progress=progress, image_norm=norm)
         val = CovidQUDataset(args.data_root, args.split, task=args.task, size=args.size,
-                             progress=progress)
+                             progress=progress, image_norm=norm)
         data = f"COVID-QU-Ex {val.split_root}"
     n_held = int(holdout.get("n", 0))
     if n_held:
@@ -206,12 +208,20 @@ def load_data(args: argparse.Namespace, info: dict[str, Any]
                              "--holdout 256")
         rest = train
         held = PhantomDataset(max(args.phantom_val, 8), task=args.task, size=args.size,
-                              seed=args.seed + 20_000)
+                              seed=args.seed + 20_000, image_norm=norm)
         held_note = f"{len(held)} fresh phantom cases (seed {args.seed + 20_000})"
-    notes = {"data": data, "augment": describe_augment(augment or None),
+    notes = {"data": data, "augment": describe_augment(augment or None), "image_norm": norm,
              "train_images": len(rest),
              "held_out": held_note, "held_images": len(held)}
     return rest, held, val, notes
+
+
+def image_norm_of(info: dict[str, Any]) -> str:
+    """The checkpoint's per-image normalisation (run_info "image_norm"; "none" before it)."""
+    try:
+        return check_image_norm(info.get("image_norm", "none"))
+    except ValueError as err:
+        raise SystemExit(f"checkpoint run_info: {err}") from err
 
 
 def diffusion_budget(args: argparse.Namespace) -> tuple[float | None, str]:
@@ -322,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     other = None  # the second domain, loaded first so a bad folder fails before any work
     if args.cross_domain is not None:
         other = CovidQUDataset(args.cross_domain, "Val", task="lung", size=args.size,
-                               progress=progress)
+                               progress=progress, image_norm=image_norm_of(info))
     args.out.mkdir(parents=True, exist_ok=True)
     n_eval = len(val_ds) if args.eval_samples is None else args.eval_samples
     idx = random_subset(len(val_ds), n_eval, args.seed)

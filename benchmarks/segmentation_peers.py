@@ -73,6 +73,12 @@ class Segmenter(nn.Module):
         return self.unet(images, t, None)  # logits
 
 
+
+def _norm_note(train_ds: SegmentationDataset) -> str:
+    """", images equalize" when the training images were normalised; nothing otherwise."""
+    norm = getattr(train_ds, "image_norm", "none")
+    return "" if norm == "none" else f", images {norm}"
+
 def soft_dice_loss(logits: Tensor, target: Tensor) -> Tensor:
     """1 - soft Dice over each image (Milletari et al. 2016), averaged over the batch."""
     p = torch.sigmoid(logits).flatten(1)
@@ -164,7 +170,7 @@ def train_peer(
         opt: torch.optim.Optimizer = torch.optim.Adam(net.parameters(), lr=lr)
         recipe = (f"MONAI UNet (16-256, 4 strides, 2 res units), DiceCELoss(sigmoid), "
                   f"Adam lr {lr:g}, batch {batch_size}, "
-                  f"augment {describe_augment(train_ds.augment)}")
+                  f"augment {describe_augment(train_ds.augment)}{_norm_note(train_ds)}")
         schedule = sg.TrainConfig(lr=lr, max_steps=planned)  # constant lr
     else:
         if unet_config is None:
@@ -178,7 +184,7 @@ def train_peer(
         opt = torch.optim.AdamW(net.parameters(), lr=lr)
         recipe = (f"same U-Net as the diffusion model, BCE + soft Dice, AdamW lr {lr:g}, "
                   f"warm-up + cosine, EMA 0.999, batch {batch_size}, "
-                  f"augment {describe_augment(train_ds.augment)}")
+                  f"augment {describe_augment(train_ds.augment)}{_norm_note(train_ds)}")
         # the diffusion runs' schedule (examples/covid_qu_seg.py): warm-up, cosine to 5 %
         schedule = sg.TrainConfig(lr=lr, warmup_steps=min(100, planned // 10),
                                   lr_schedule="cosine", min_lr=0.05 * lr, max_steps=planned)

@@ -153,13 +153,20 @@ def sweep_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _norm_of(result: dict[str, Any]) -> str:
+    """" (images equalize)" for a run on normalised images; nothing for plain ones."""
+    norm = result.get("image_norm") or "none"
+    return "" if norm == "none" else f" (images {norm})"
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The whole ``segmentation.md`` of one result."""
     g = result["headline_group"]
     parts = [f"# Segmentation benchmark — {result['task']}, {result['n_images']} "
              f"{result['split']} images (headline: {g})", "",
              f"Checkpoint {result['checkpoint']} (step {result['checkpoint_step']}), "
-             f"{result.get('data')}; {result.get('hardware')}, {result.get('threads')} "
+             f"{result.get('data')}{_norm_of(result)}; {result.get('hardware')}, "
+             f"{result.get('threads')} "
              f"thread(s); {result.get('date')}; commit {result.get('git_commit')}; wall "
              f"{_f(result.get('wall_seconds'), 0)} s.", "",
              f"Command: `{result.get('command')}`", "",
@@ -258,7 +265,8 @@ def ablation_table(runs: list[dict[str, Any]]) -> str:
         k = float(rec.get("time_power", 1.0))
         density = "uniform" if k == 1 else f"t^{k - 1:g}"
         augment = ("yes" if rec["augment"] else "no") + (
-            " + intensity" if rec.get("intensity_augment") else "")
+            " + intensity" if rec.get("intensity_augment") else "") + (
+            f"; images {rec['image_norm']}" if rec.get("image_norm", "none") != "none" else "")
         lines.append(f"| {out} | {rec['preset']} | {rec.get('cond', 'add')} | {aux} | {density} "
                      f"| {augment} "
                      f"| {r['steps']:,} ({r['epochs']}) | {r['train_seconds']:.0f} | "

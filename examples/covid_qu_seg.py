@@ -69,6 +69,7 @@ from scoregen.segmentation import (
     segment,
 )
 from scoregen.segmentation.augment import Augment, training_augment
+from scoregen.segmentation.image_norm import IMAGE_NORMS
 from scoregen.train import CheckpointError, ExistingRunError, OutDirInUseError
 from scoregen.train.checkpoint import Checkpoint, load_checkpoint
 from scoregen.train.checkpoint_dir import latest_checkpoint, list_checkpoints
@@ -84,7 +85,8 @@ SDE_ARGS = {"num_steps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
 
 #: Defaults of the flags that ``--evaluate`` takes from the checkpoint instead; None on
 #: the parser, so an explicit flag can be told from a default (and checked).
-MODEL_DEFAULTS: dict[str, Any] = {"task": "lung", "size": 64, "cond": "add", "prediction": "x0"}
+MODEL_DEFAULTS: dict[str, Any] = {"task": "lung", "size": 64, "cond": "add", "prediction": "x0",
+                                  "image_norm": "none"}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -113,6 +115,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       default=False,
                       help="also a random gamma / contrast / brightness of the X-ray "
                            "(RandomIntensity; for other scanners) (default: off)")
+    data.add_argument("--image-norm", choices=IMAGE_NORMS, default=None,
+                      help="per-image normalisation of the X-rays: none, or equalize "
+                           "(histogram equalisation, for other scanners) (default none; "
+                           "with --evaluate, the checkpoint's)")
     data.add_argument("--holdout", type=nonnegative_int, default=None,
                       help="Train images set aside (never trained on) for the per-epoch "
                            "scores, thresholds and temperatures; default 256 on real data, "
@@ -230,7 +236,15 @@ def run_info(args: argparse.Namespace) -> dict[str, Any]:
             "image_size": args.size,
             "data": "phantom" if args.data_root is None else "COVID-QU-Ex",
             "preset": preset_of(args), "augment": bool(args.augment),
-            "holdout": {"n": args.holdout, "seed": args.seed}, **intensity_of(args)}
+            "holdout": {"n": args.holdout, "seed": args.seed}, **intensity_of(args),
+            **image_norm_of(args)}
+
+
+def image_norm_of(args: argparse.Namespace) -> dict[str, str]:
+    """``{"image_norm": NAME}`` unless it is "none", so the run info and recipe of runs from
+    before the flag are unchanged (a resume compares them)."""
+    norm = getattr(args, "image_norm", None) or "none"
+    return {} if norm == "none" else {"image_norm": norm}
 
 
 def intensity_of(args: argparse.Namespace) -> dict[str, bool]:
@@ -251,7 +265,8 @@ def recipe_of(args: argparse.Namespace) -> dict[str, Any]:
             "aux_loss": args.aux_loss, "aux_weight": args.aux_weight,
             "aux_weighting": args.aux_weighting, "time_power": args.time_power,
             "batch_size": args.batch_size,
-            "lr": args.lr, "ema_decay": args.ema_decay, **intensity_of(args)}
+            "lr": args.lr, "ema_decay": args.ema_decay, **intensity_of(args),
+            **image_norm_of(args)}
 
 
 def preset_of(args: argparse.Namespace) -> str:
@@ -266,9 +281,9 @@ def load_data(args: argparse.Namespace, split: str = "Val") -> tuple[
     if args.data_root is None:
         train = None if args.evaluate is not None else PhantomDataset(
             args.phantom_train, task=args.task, size=args.size, seed=args.seed,
-            augment=augment_of(args) or False)
+            augment=augment_of(args) or False, image_norm=args.image_norm)
         val = PhantomDataset(args.phantom_val, task=args.task, size=args.size,
-                             seed=args.seed + 10_000)
+                             seed=args.seed + 10_000, image_norm=args.image_norm)
         n_train = f"{len(train)} train / " if train is not None else ""
         return train, val, (f"synthetic chest X-ray phantom (no --data-root): "
                             f"{n_train}{len(val)} val cases, seed {args.seed}")
@@ -276,9 +291,9 @@ def load_data(args: argparse.Namespace, split: str = "Val") -> tuple[
     if args.evaluate is None:
         train = CovidQUDataset(args.data_root, split="Train", task=args.task, size=args.size,
                                augment=augment_of(args) or False, seed=args.seed,
-                               progress=progress)
+                               progress=progress, image_norm=args.image_norm)
     val = CovidQUDataset(args.data_root, split=split, task=args.task, size=args.size,
-                         progress=progress)
+                         progress=progress, image_norm=args.image_norm)
     n_train = f"{len(train)} train / " if train is not None else ""
     if train is not None and args.holdout:
         n_train = f"{len(train) - args.holdout} train + {args.holdout} held out / "
@@ -548,7 +563,7 @@ def find_checkpoint(path: Path) -> tuple[Path, Checkpoint]:
 
 
 def settings_from_checkpoint(args: argparse.Namespace, path: Path, ck: Checkpoint) -> list[str]:
-    """Take task, size, cond, preset and prediction from the checkpoint into ``args``.
+    """Take task, size, cond, preset, prediction and image norm from the checkpoint into ``args``.
 
     An explicit flag that differs from the checkpoint is refused (ValueError, one line);
     a checkpoint without run_info (written before it existed) falls back to the flags or
@@ -556,7 +571,8 @@ def settings_from_checkpoint(args: argparse.Namespace, path: Path, ck: Checkpoin
     info, model_config = ck.run_info, ck.model_config or {}
     saved = {"task": info.get("task"), "size": info.get("image_size"),
              "cond": model_config.get("cond_mode"), "preset": info.get("preset"),
-             "prediction": ck.prediction}
+             "prediction": ck.prediction,
+             "image_norm": info.get("image_norm", "none") if info else None}
     notes = []
     if info.get("example") not in (None, "covid_qu_seg"):
         raise ValueError(f"--evaluate {path}: a checkpoint of {info['example']}, not of "
@@ -573,8 +589,9 @@ def settings_from_checkpoint(args: argparse.Namespace, path: Path, ck: Checkpoin
             notes.append(f"{name} {getattr(args, name)} from the command line")
             continue
         if given is not None and given != value:
-            raise ValueError(f"--{name} {given} does not match the checkpoint: {path} was "
-                             f"trained with {name} {value} (drop --{name})")
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} {given} does not match the checkpoint: {path} was "
+                             f"trained with {name} {value} (drop {flag})")
         setattr(args, name, value)
     if not info:
         notes.insert(0, f"NOTE: {path} carries no run_info (written before it existed): "

@@ -8,10 +8,12 @@ import io
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
-from scoregen.segmentation import describe_augment, write_phantom_folder
+from scoregen.segmentation import describe_augment, equalize_histogram, write_phantom_folder
 from scoregen.train.checkpoint import load_checkpoint, write_checkpoint
 from scoregen.train.checkpoint_dir import latest_checkpoint
 
@@ -145,7 +147,8 @@ def test_evaluate_falls_back_to_the_newest_checkpoint_that_loads(trained, tmp_pa
     (["--cond", "concat"], "--cond concat does not match"),
     (["--prediction", "eps"], "--prediction eps does not match"),
     (["--preset", "small"], "--preset small does not match"),
-], ids=["task", "size", "cond", "prediction", "preset"])
+    (["--image-norm", "equalize"], "--image-norm equalize does not match"),
+], ids=["task", "size", "cond", "prediction", "preset", "image-norm"])
 def test_evaluate_refuses_a_flag_that_contradicts_the_checkpoint(trained, capsys, flags,
                                                                  message):
     example, out, _ = trained
@@ -255,8 +258,6 @@ def test_a_trained_lung_model_beats_every_model_that_learns_nothing(tmp_path):
     """Dice on the phantom above what no image-reading model can reach: the best constant
     mask (the training masks' mean, thresholded: the phantom's lungs move little) scores
     about 0.83 and all-ones about 0.34; 96 steps of the tiny model reach about 0.91."""
-    import torch
-
     from scoregen.segmentation import PhantomDataset, segmentation_metrics
 
     example = _load("examples/covid_qu_seg.py")
@@ -303,3 +304,39 @@ def test_intensity_augmentation_reaches_the_run_info_and_the_benchmark_peers(tmp
     assert describe_augment(rest.augment) == notes["augment"] == "affine+intensity"
     rest, _, _, notes = bench.load_data(args, {"augment": True, "holdout": {"n": 4, "seed": 0}})
     assert notes["augment"] == "affine"
+
+
+def test_image_norm_reaches_the_run_info_evaluate_and_every_set_of_the_benchmark(tmp_path):
+    """--image-norm equalize is saved in the run info and recipe (only when on), --evaluate
+    takes it from the checkpoint, and the benchmark equalises train, held-out, val and the
+    second domain alike from that info (a model fed raw pixels it never saw would score
+    a silent wrong answer)."""
+    example = _load("examples/covid_qu_seg.py")
+    on = example.parse_args(["--image-norm", "equalize"])
+    off = example.parse_args([])
+    assert example.run_info(on)["image_norm"] == example.recipe_of(on)["image_norm"] == "equalize"
+    assert "image_norm" not in example.run_info(off) and "image_norm" not in example.recipe_of(off)
+    train, val, _ = example.load_data(on)
+    assert train.image_norm == val.image_norm == "equalize"
+    torch.testing.assert_close(val.images, equalize_histogram(example.load_data(off)[1].images))
+    ck = SimpleNamespace(run_info={**example.run_info(on), "example": "covid_qu_seg"},
+                         model_config={"cond_mode": "add"}, prediction="x0")
+    evaluate = example.parse_args(["--evaluate", "unused"])
+    example.settings_from_checkpoint(evaluate, Path("unused"), ck)
+    assert evaluate.image_norm == "equalize"
+    old = SimpleNamespace(run_info=example.run_info(off), model_config={}, prediction="x0")
+    evaluate = example.parse_args(["--evaluate", "unused"])
+    example.settings_from_checkpoint(evaluate, Path("unused"), old)
+    assert evaluate.image_norm == "none"
+
+    bench = _load("benchmarks/segmentation.py")
+    args = bench.parse_args(["--checkpoint", "unused", "--phantom-train", "16",
+                             "--phantom-val", "8", "--size", "16",
+                             "--task", "lung", "--out", str(tmp_path)])
+    info = {"augment": True, "image_norm": "equalize", "holdout": {"n": 4, "seed": 0}}
+    rest, held, val, notes = bench.load_data(args, info)
+    assert rest.image_norm == held.image_norm == val.image_norm == notes["image_norm"]
+    assert notes["image_norm"] == "equalize"
+    assert bench.image_norm_of({}) == "none"
+    with pytest.raises(SystemExit, match="image_norm must be one of"):
+        bench.image_norm_of({"image_norm": "clahe"})

@@ -7,7 +7,8 @@ core imports it. Its parts:
 * data — :mod:`~scoregen.segmentation.covid_qu` (the COVID-QU-Ex folder layout),
   :mod:`~scoregen.segmentation.phantom` (a synthetic X-ray phantom),
   :mod:`~scoregen.segmentation.dataset` (the in-memory set both share),
-  :mod:`~scoregen.segmentation.augment` (small random affines, intensity changes). Every set yields
+  :mod:`~scoregen.segmentation.augment` (small random affines, intensity changes),
+  :mod:`~scoregen.segmentation.image_norm` (per-image histogram equalisation). Every set yields
   ``{"image": (1, S, S), "mask": (1, S, S), "name", "class"}`` with images in [-1, 1]
   and masks in {-1, +1};
 * :mod:`~scoregen.segmentation.inference` — :func:`segment` (an ensemble of sampled masks,
@@ -39,6 +40,7 @@ from scoregen.segmentation.ensemble import (
     to_unit_interval,
     uncertainty,
 )
+from scoregen.segmentation.image_norm import IMAGE_NORMS, equalize_histogram
 from scoregen.segmentation.inference import (
     SegmentationOutput,
     class_groups,
@@ -66,6 +68,7 @@ __all__ = [
     "CLASSES", "MASK_FOLDERS", "SPLITS", "CovidQUDataset", "PhantomDataset", "RandomAffine",
     "RandomIntensity", "Chain", "training_augment", "describe_augment",
     "SegmentationDataset", "find_split_root", "make_phantom_set", "write_phantom_folder",
+    "IMAGE_NORMS", "equalize_histogram",
     # segmenting by sampling
     "SegmentationOutput", "segment", "evaluate_segmentation", "predict_masks",
     "random_subset", "class_groups",

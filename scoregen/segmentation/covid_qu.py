@@ -192,6 +192,8 @@ class CovidQUDataset(SegmentationDataset):
             augmentation of :mod:`scoregen.segmentation.augment` (no flips).
         seed: augmentation seed; items are deterministic given (seed, epoch, index).
         progress: show a tqdm bar; ``None`` shows it for 1,000 pairs or more.
+        image_norm: ``"none"`` or ``"equalize"`` (each resized image histogram-equalised,
+            :mod:`scoregen.segmentation.image_norm`).
 
     Items: ``{"image": (1, S, S), "mask": (1, S, S), "name": str, "class": str}``,
     image in [-1, 1], mask in {-1, +1}. Attributes: ``images`` (N, 1, S, S),
@@ -211,6 +213,7 @@ class CovidQUDataset(SegmentationDataset):
         augment: bool | Augment = False,
         seed: int = 0,
         progress: bool | None = None,
+        image_norm: str = "none",
     ) -> None:
         if task not in MASK_FOLDERS:
             raise ValueError(f"task must be one of {tuple(MASK_FOLDERS)}, got {task!r}")
@@ -272,4 +275,5 @@ class CovidQUDataset(SegmentationDataset):
             classes_of=[p[2] for p in pairs],
             augment=augment,
             seed=seed,
+            image_norm=image_norm,
         )

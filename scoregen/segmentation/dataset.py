@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from scoregen.segmentation.augment import AUGMENTS, Augment, RandomAffine
+from scoregen.segmentation.image_norm import check_image_norm, normalise_images
 
 
 class SegmentationDataset(Dataset):
@@ -34,6 +35,9 @@ class SegmentationDataset(Dataset):
             them (:mod:`scoregen.segmentation.augment`). Augmented items are deterministic given
             ``(seed, epoch, index)``; call :meth:`set_epoch` once per epoch.
         seed: seed of the augmentation.
+        image_norm: ``"none"`` or ``"equalize"`` (per-image histogram equalisation,
+            :mod:`scoregen.segmentation.image_norm`), applied once here, before any
+            augmentation; the name is kept in ``image_norm``.
 
     Attributes ``images``, ``masks``, ``names`` and ``classes_of`` hold the whole
     set, un-augmented, for fast whole-set evaluation. ``dataset[i]`` returns
@@ -48,6 +52,7 @@ class SegmentationDataset(Dataset):
         classes_of: Sequence[str],
         augment: bool | Augment = False,
         seed: int = 0,
+        image_norm: str = "none",
     ) -> None:
         if not isinstance(images, Tensor) or not isinstance(masks, Tensor):
             raise TypeError("images and masks must be torch tensors of shape (N, 1, S, S)")
@@ -70,7 +75,8 @@ class SegmentationDataset(Dataset):
                             f"Chain of them, got {kind}")
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-        self.images = images.float().contiguous()
+        self.image_norm = check_image_norm(image_norm)
+        self.images = normalise_images(images.float(), image_norm).contiguous()
         self.masks = masks.float().contiguous()
         self.names = list(names)
         self.classes_of = list(classes_of)
@@ -117,10 +123,12 @@ class SegmentationDataset(Dataset):
             raise ValueError(f"indices must be a 1-D list of items in [0, {len(self)}), "
                              f"got shape {tuple(idx.shape)}")
         keep = self.augment if augment is None else (self.augment if augment else False)
-        return SegmentationDataset(self.images[idx], self.masks[idx],
+        part = SegmentationDataset(self.images[idx], self.masks[idx],
                                    [self.names[i] for i in idx.tolist()],
                                    [self.classes_of[i] for i in idx.tolist()],
                                    augment=keep if keep is not None else False, seed=self.seed)
+        part.image_norm = self.image_norm  # the images are already normalised
+        return part
 
     def hold_out(self, n: int, seed: int) -> tuple[SegmentationDataset, SegmentationDataset]:
         """``(rest, held)``: ``n`` random items (fixed by ``seed``) set aside, e.g. a

@@ -263,6 +263,7 @@ class PhantomDataset(SegmentationDataset):
         infection_fraction: share of COVID-19 cases (non-empty infection masks).
         augment: ``False``, ``True`` (a default :class:`RandomAffine`), or an augmentation
             of :mod:`scoregen.segmentation.augment`.
+        image_norm: ``"none"`` or ``"equalize"`` (:mod:`scoregen.segmentation.image_norm`).
     """
 
     def __init__(
@@ -273,6 +274,7 @@ class PhantomDataset(SegmentationDataset):
         seed: int = 0,
         infection_fraction: float = 0.5,
         augment: bool | Augment = False,
+        image_norm: str = "none",
     ) -> None:
         if task not in ("lung", "infection"):
             raise ValueError(f"task must be 'lung' or 'infection', got {task!r}")
@@ -285,6 +287,7 @@ class PhantomDataset(SegmentationDataset):
             classes_of=data["classes"],
             augment=augment,
             seed=seed,
+            image_norm=image_norm,
         )
 
 
