@@ -275,6 +275,50 @@ def ablation_table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def run_seed(run: dict[str, Any]) -> int:
+    """A run's ``--seed``: the results file's ``seed``, or (files written before it was
+    recorded) the one in its command, the example's default 0 when absent."""
+    if "seed" in run:
+        return int(run["seed"])
+    found = re.search(r"--seed[ =](\d+)", run.get("command", ""))
+    return int(found.group(1)) if found else 0
+
+
+def _mean_sd(values: list[float]) -> str:
+    """``mean ± sd`` (sample sd, n - 1) of ``values``; the mean alone for one value."""
+    n = len(values)
+    mean = sum(values) / n
+    if n == 1:
+        return f"{mean:.4f}"
+    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
+    return f"{mean:.4f} ± {sd:.4f}"
+
+
+def seeds_table(runs: list[dict[str, Any]]) -> str:
+    """Runs of one recipe and length that differ only in ``--seed`` (which also carves the
+    held-out subset): each seed's final Dice, then the mean ± sample sd. Refuses runs whose
+    recipe or epochs differ, so a table never averages two settings."""
+    key = {json.dumps(_recipe(r), sort_keys=True) + f" {r['epochs']}" for r in runs}
+    if len(key) != 1:
+        raise ValueError(f"seeds table: the {len(runs)} runs differ in more than the seed "
+                         "(recipe or epochs)")
+    seeds = [run_seed(r) for r in runs]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds table: a seed appears twice in {seeds}")
+    lines = ["| run | seed | training s | Dice (all) | Dice (COVID-19) |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for r, seed in sorted(zip(runs, seeds, strict=True), key=lambda pair: pair[1]):
+        out = Path(r["checkpoint"]).parent.parent.name
+        lines.append(f"| {out} | {seed} | {r['train_seconds']:.0f} | "
+                     f"{_dice(r['metrics'], 'all')} | {_dice(r['metrics'], 'COVID-19')} |")
+    cells = []
+    for group in ("all", "COVID-19"):
+        values = [r["metrics"][group]["dice"] for r in runs if group in r["metrics"]]
+        cells.append(_mean_sd(values) if len(values) == len(runs) else "–")
+    lines.append(f"| **mean ± sd** ({len(runs)} seeds) | | | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
 def unconditional_runs_table(runs: list[dict[str, Any]]) -> str:
     """``examples/unconditional_xray.py`` runs side by side: SDE and parametrisation, wall
     time, and :func:`sample_stats` of the grid's raw samples against the Train images."""
@@ -323,6 +367,7 @@ DOC_TABLES = {
     "summary": summary_table,
     "reference_runs": reference_runs_table,
     "ablation": ablation_table,
+    "seeds": seeds_table,
     "unconditional_runs": unconditional_runs_table,
     "likelihood_domains": lambda rs: likelihood_domains_table(rs[0]),
     "likelihood_masks": lambda rs: likelihood_masks_table(rs[0]),

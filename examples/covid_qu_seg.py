@@ -485,7 +485,7 @@ def train_and_evaluate(args: argparse.Namespace, out: Path, train_ds: Segmentati
         "data_root": None if args.data_root is None else str(args.data_root),
         "protocol": protocol_note(args, len(eval_idx)),
         "preset": preset_of(args),
-        "prediction": args.prediction, "recipe": recipe_of(args),
+        "prediction": args.prediction, "recipe": recipe_of(args), "seed": args.seed,
         "steps": trainer.global_step, "epochs": trainer.epoch,
         "train_seconds": round(trainer.train_seconds, 1), "device": str(device),
         "threads": threads, "hardware": devices.describe_device(device),

@@ -74,3 +74,21 @@ def test_the_unconditional_runs_table_reads_the_examples_record():
     row = tables.unconditional_runs_table([run]).splitlines()[2]
     assert row == ("| VE / NCSN (v) | fast | 3,480 | 1,500 s | 0.971 | -1.23..1.50 | 0.980 "
                    "| 0.050 | 1.00 | abc1234 |")
+
+
+def test_the_seeds_table_gives_each_seed_and_the_mean_and_sample_sd():
+    tables = _tables()
+    base = {"epochs": 30, "train_seconds": 1000.0, "recipe": {"preset": "fast"},
+            "command": "examples/covid_qu_seg.py --task infection"}
+    runs = [{**base, "checkpoint": f"runs/s{i}/checkpoints/c.safetensors",
+             "metrics": {"all": {"dice": a}, "COVID-19": {"dice": c}}, **extra}
+            for i, (a, c, extra) in enumerate([(0.78, 0.79, {}), (0.80, 0.81, {"seed": 2}),
+                                                (0.79, 0.80, {"command": "x --seed 1"})])]
+    rows = tables.seeds_table(runs).splitlines()
+    assert [r.split(" | ")[1] for r in rows[2:5]] == ["0", "1", "2"]  # sorted by seed
+    # mean 0.79, sample sd sqrt(((-0.01)^2 + 0 + 0.01^2) / 2) = 0.01
+    assert rows[5] == "| **mean ± sd** (3 seeds) | | | 0.7900 ± 0.0100 | 0.8000 ± 0.0100 |"
+    with pytest.raises(ValueError, match="differ in more than the seed"):
+        tables.seeds_table([runs[0], {**runs[1], "epochs": 60}])
+    with pytest.raises(ValueError, match="appears twice"):
+        tables.seeds_table([runs[0], {**runs[1], "seed": 0}])

@@ -63,6 +63,7 @@ def test_the_example_runs_on_the_phantom_and_writes_every_output(trained, capsys
     n_covid = result["metrics"]["COVID-19"]["n_images"]
     assert f"[COVID-19], {n_covid} image" in text and "[all], 8 images" in text
     assert result["threads"] >= 1 and result["train_seconds"] >= 0
+    assert result["seed"] == 0  # benchmarks/tables.py's seeds table groups runs by it
     assert result["recipe"] == {  # what benchmarks/tables.py compares runs by
         "preset": "tiny", "cond": "add", "prediction": "x0", "augment": False, "holdout": 0,
         "aux_loss": "none", "aux_weight": 1.0, "aux_weighting": "alpha2", "time_power": 1.0,
