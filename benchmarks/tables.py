@@ -15,6 +15,7 @@ a committed doc differs from what its files give.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import re
@@ -125,15 +126,18 @@ def empty_truth_table(result: dict[str, Any]) -> str:
 
 
 def cross_domain_table(result: dict[str, Any]) -> str:
-    """Lung Dice on the second domain, no retraining."""
+    """Lung Dice on the second domain, no retraining; sensitivity against precision says
+    whether a model's masks there are too large (precision lower) or too small."""
     cd = result.get("cross_domain")
     if not cd:
         return ""
     lines = [f"Second domain: {cd['data']} {cd['split']}, {cd['n_images']} images", "",
-             "| model | Dice | Jaccard | per-image Dice |", "| --- | ---: | ---: | ---: |"]
+             "| model | Dice | Jaccard | per-image Dice | sensitivity | precision |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for name, m in cd["models"].items():
         lines.append(f"| {name} | {_f(m['dice'])} | {_f(m['jaccard'])} | "
-                     f"{_f(m.get('dice_per_image'))} |")
+                     f"{_f(m.get('dice_per_image'))} | {_f(m.get('sensitivity'))} | "
+                     f"{_f(m.get('precision'))} |")
     return "\n".join(lines)
 
 
@@ -396,20 +400,28 @@ def fill_doc(text: str, root: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["--docs"]:
-        root = Path(__file__).resolve().parents[1]
-        for doc in args[1:]:
-            path = Path(doc)
+    p = argparse.ArgumentParser(
+        description="Print segmentation.md of results files, or refill the docs' generated "
+                    "tables from the results files they name.")
+    p.add_argument("results", nargs="*", type=Path, metavar="RESULTS.json",
+                   help="segmentation.json files of benchmarks/segmentation.py")
+    p.add_argument("--docs", nargs="+", type=Path, metavar="DOC.md", default=None,
+                   help="rewrite every <!-- table: NAME FILES --> block of these docs")
+    args = p.parse_args(argv)
+    if args.docs is None and not args.results:
+        p.error("give RESULTS.json files or --docs DOC.md ...")
+    root = Path(__file__).resolve().parents[1]
+    for path in [*(args.docs or []), *args.results]:
+        if not path.is_file():
+            p.error(f"{path} is not a file")
+    try:
+        for path in args.docs or []:
             path.write_text(fill_doc(path.read_text(), root))
             print(f"refilled the generated tables of {path}")
-        return 0
-    paths = [Path(p) for p in args]
-    if not paths:
-        raise SystemExit("usage: python benchmarks/tables.py RESULTS.json [...] | "
-                         "--docs DOC.md [...]")
-    for path in paths:
-        print(markdown(json.loads(path.read_text())))
+        for path in args.results:
+            print(markdown(json.loads(path.read_text())))
+    except (OSError, ValueError, KeyError) as err:  # a named results file missing or bad
+        raise SystemExit(f"tables.py: {type(err).__name__}: {err}") from err
     return 0
 
 

@@ -92,3 +92,19 @@ def test_the_seeds_table_gives_each_seed_and_the_mean_and_sample_sd():
         tables.seeds_table([runs[0], {**runs[1], "epochs": 60}])
     with pytest.raises(ValueError, match="appears twice"):
         tables.seeds_table([runs[0], {**runs[1], "seed": 0}])
+
+
+def test_the_cli_refills_a_doc_and_refuses_missing_files_in_one_line(tmp_path, capsys):
+    tables = _tables()
+    run = {"task": "lung", "steps": 10, "epochs": 1, "train_seconds": 5.0, "threads": 1,
+           "protocol": "8 images; x", "metrics": {"all": {"dice": 0.5}}, "commit": "abc"}
+    (tmp_path / "r.json").write_text(__import__("json").dumps(run))
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"<!-- table: reference_runs {tmp_path / 'r.json'} -->\nstale\n<!-- /table -->\n")
+    assert tables.main(["--docs", str(doc)]) == 0
+    assert "| lung | 10 (1) |" in doc.read_text() and "stale" not in doc.read_text()
+    for argv in ([], [str(tmp_path / "missing.json")]):
+        with pytest.raises(SystemExit) as exc:
+            tables.main(argv)
+        assert exc.value.code == 2
+        assert "Traceback" not in capsys.readouterr().err
