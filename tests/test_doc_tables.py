@@ -100,7 +100,8 @@ def test_the_cli_refills_a_doc_and_refuses_missing_files_in_one_line(tmp_path, c
            "protocol": "8 images; x", "metrics": {"all": {"dice": 0.5}}, "commit": "abc"}
     (tmp_path / "r.json").write_text(__import__("json").dumps(run))
     doc = tmp_path / "doc.md"
-    doc.write_text(f"<!-- table: reference_runs {tmp_path / 'r.json'} -->\nstale\n<!-- /table -->\n")
+    block = f"<!-- table: reference_runs {tmp_path / 'r.json'} -->\nstale\n<!-- /table -->\n"
+    doc.write_text(block)
     assert tables.main(["--docs", str(doc)]) == 0
     assert "| lung | 10 (1) |" in doc.read_text() and "stale" not in doc.read_text()
     for argv in ([], [str(tmp_path / "missing.json")]):
