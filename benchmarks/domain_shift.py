@@ -1,0 +1,207 @@
+"""What differs between the two lung domains: the X-rays, the framing, or the masks.
+
+The lung model is scored on Montgomery/Shenzhen (``cxr-lung-mcsz``) without retraining.
+A drop there can come from the input (another scanner's grey levels), the framing
+(patient size and position in the 64 x 64 image) or the labels (another annotation
+protocol). No model is needed to tell these apart; for each domain this script reports
+
+* **grey levels**: image mean / sd, and the mean level inside and outside the lung, raw
+  and after ``equalize_histogram`` (what ``--image-norm equalize`` feeds the model);
+* **framing**: the lung mask's share of the image and its bounding box (mean top,
+  bottom, left, right rows / columns);
+* **mask shape**: every mask cropped to its own bounding box and resized to
+  ``--box`` x ``--box`` (bilinear, so the mean is a fraction of lung per box cell), then
+  averaged per domain. Framing and lung size drop out; what is left is where each
+  domain's masks put the lung border relative to the lungs' extent. The difference
+  map (second minus first) and its largest cells are reported.
+
+Writes ``domain_shift.json`` (with command, commit, hardware, date, wall time),
+``domain_shift.md`` and ``mask_shape.png`` (mean box-normalised masks and their
+difference) to ``--out``:
+
+    python benchmarks/domain_shift.py --data-root ../shared/data/covid-qu-ex-64 \\
+        --other ../shared/data/cxr-lung-mcsz --out benchmarks/results/domain_shift
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from scoregen import devices
+from scoregen.cli_types import positive_int
+from scoregen.plotting import new_figure, png_path, save_png
+from scoregen.provenance import git_commit
+from scoregen.segmentation import CovidQUDataset, equalize_histogram
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-root", type=Path, required=True,
+                   help="the training domain (COVID-QU-Ex layout)")
+    p.add_argument("--other", type=Path, required=True,
+                   help="the second domain (same layout, lung masks)")
+    p.add_argument("--splits", default="Train,Val", help="comma list of splits to pool")
+    p.add_argument("--size", type=positive_int, default=64)
+    p.add_argument("--box", type=positive_int, default=32,
+                   help="side of the box-normalised mask grid")
+    p.add_argument("--out", type=Path, default=Path("runs/domain_shift"))
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def lung_boxes(masks: Tensor) -> Tensor:
+    """(N, 4) float ``[top, bottom, left, right]`` (inclusive pixel indices) of each
+    (N, H, W) boolean mask's foreground; a ValueError names the first empty mask."""
+    if masks.ndim != 3 or masks.dtype != torch.bool:
+        raise ValueError(f"masks must be a (N, H, W) bool tensor, got {tuple(masks.shape)} "
+                         f"{masks.dtype}")
+    rows, cols = masks.any(2), masks.any(1)
+    empty = (~rows.any(1)).nonzero()
+    if len(empty):
+        raise ValueError(f"mask {int(empty[0])} is empty: it has no lung box")
+    h, w = masks.shape[1:]
+    r = torch.arange(h).expand_as(rows)
+    c = torch.arange(w).expand_as(cols)
+    top = torch.where(rows, r, h).min(1).values
+    bottom = torch.where(rows, r, -1).max(1).values
+    left = torch.where(cols, c, w).min(1).values
+    right = torch.where(cols, c, -1).max(1).values
+    return torch.stack([top, bottom, left, right], 1).float()
+
+
+def box_normalised(masks: Tensor, box: int) -> Tensor:
+    """(N, box, box): each (H, W) bool mask cropped to its lung box and resized to
+    ``box`` x ``box`` bilinearly (values in [0, 1]: the share of lung in each cell)."""
+    out = torch.empty(len(masks), box, box)
+    for i, (t, b, left, right) in enumerate(lung_boxes(masks).long().tolist()):
+        crop = masks[i, t:b + 1, left:right + 1].float()[None, None]
+        out[i] = F.interpolate(crop, size=(box, box), mode="bilinear", align_corners=False,
+                               antialias=True)[0, 0]
+    return out
+
+
+def domain_stats(images: Tensor, masks: Tensor) -> dict[str, Any]:
+    """Grey levels (raw and equalised) and framing of (N, H, W) images in [-1, 1] and bool
+    masks."""
+    eq = equalize_histogram(images)
+    area = masks.float().mean((1, 2))
+    boxes = lung_boxes(masks)
+
+    def levels(x: Tensor) -> dict[str, float]:
+        return {"mean": float(x.mean()), "sd": float(x.std()),
+                "in_lung": float(x[masks].mean()), "outside": float(x[~masks].mean())}
+
+    return {"n_images": len(images), "raw": levels(images), "equalized": levels(eq),
+            "lung_share": {"mean": float(area.mean()), "sd": float(area.std())},
+            "box": dict(zip(("top", "bottom", "left", "right"),
+                            boxes.mean(0).tolist(), strict=True))}
+
+
+def largest_cells(diff: Tensor, n: int = 5) -> list[dict[str, float]]:
+    """The ``n`` cells of ``diff`` (box grid) with the largest |difference|, as fractions
+    of the box height / width (0 = top / image left) and the difference there."""
+    box_h, box_w = diff.shape
+    order = diff.abs().flatten().argsort(descending=True)[:n].tolist()
+    return [{"row": (i // box_w + 0.5) / box_h, "col": (i % box_w + 0.5) / box_w,
+             "difference": float(diff.flatten()[i])} for i in order]
+
+
+def load(root: Path, splits: list[str], size: int, progress: bool) -> tuple[Tensor, Tensor, str]:
+    images, masks = [], []
+    for split in splits:
+        ds = CovidQUDataset(root, split, task="lung", size=size, progress=progress)
+        images.append(ds.images[:, 0])
+        masks.append(ds.masks[:, 0] > 0)
+    return torch.cat(images), torch.cat(masks), str(ds.split_root)
+
+
+def figure(means: dict[str, Tensor], diff: Tensor, path: Path) -> Path:
+    """Mean box-normalised masks of both domains and their difference (second - first)."""
+    fig = new_figure(9.6, 3.4)
+    axes = fig.subplots(1, 3)
+    names = list(means)
+    for ax, name in zip(axes[:2], names, strict=True):
+        shown = ax.imshow(means[name].numpy(), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(f"mean mask: {name}", fontsize=9)
+    fig.colorbar(shown, ax=axes[1], fraction=0.046)
+    lim = max(float(diff.abs().max()), 1e-6)
+    shown = axes[2].imshow(diff.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
+    axes[2].set_title(f"{names[1]} - {names[0]}", fontsize=9)
+    fig.colorbar(shown, ax=axes[2], fraction=0.046)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel("lung box: image left -> right (patient's right -> left)", fontsize=7)
+    return save_png(fig, png_path(path))
+
+
+def markdown(result: dict[str, Any]) -> str:
+    first, second = result["domains"]
+    lines = [f"# Domain shift: {first} vs {second} (lung)", "",
+             f"{result['hardware']}; {result['date']}; commit {result['git_commit']}; wall "
+             f"{result['wall_seconds']:.0f} s.", "", f"Command: `{result['command']}`", "",
+             "| domain | images | raw mean | raw in-lung | raw outside | equalised in-lung "
+             "| equalised outside | lung share | box top | box bottom | box left | box right |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, s in result["stats"].items():
+        raw, eq, box = s["raw"], s["equalized"], s["box"]
+        lines.append(f"| {name} | {s['n_images']} | {raw['mean']:.3f} | {raw['in_lung']:.3f} | "
+                     f"{raw['outside']:.3f} | {eq['in_lung']:.3f} | {eq['outside']:.3f} | "
+                     f"{s['lung_share']['mean']:.3f} | {box['top']:.1f} | {box['bottom']:.1f} "
+                     f"| {box['left']:.1f} | {box['right']:.1f} |")
+    lines += ["", f"Mask shape ({result['box']} x {result['box']} lung-box grid): mean "
+              f"|difference| {result['mask_shape']['mean_abs_difference']:.4f}; largest cells "
+              "(row, col as fractions of the box; difference = share of lung, "
+              f"{second} minus {first}):", "",
+              "| row | col | difference |", "| ---: | ---: | ---: |"]
+    for cell in result["mask_shape"]["largest_cells"]:
+        lines.append(f"| {cell['row']:.2f} | {cell['col']:.2f} | {cell['difference']:+.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    progress = not args.no_progress
+    try:
+        loaded = {"COVID-QU-Ex": load(args.data_root, splits, args.size, progress),
+                  "Montgomery/Shenzhen": load(args.other, splits, args.size, progress)}
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"domain_shift.py: {err}") from err
+    stats = {name: domain_stats(im, m) for name, (im, m, _) in loaded.items()}
+    means = {name: box_normalised(m, args.box).mean(0) for name, (_, m, _) in loaded.items()}
+    first, second = list(means)
+    diff = means[second] - means[first]
+    args.out.mkdir(parents=True, exist_ok=True)
+    png = figure(means, diff, args.out / "mask_shape.png")
+    result = {
+        "command": "python " + " ".join(["benchmarks/domain_shift.py", *sys.argv[1:]]),
+        "git_commit": git_commit(__file__),
+        "hardware": devices.describe_device(torch.device("cpu")),
+        "date": time.strftime("%Y-%m-%d %H:%M"), "splits": splits, "size": args.size,
+        "box": args.box, "domains": [first, second],
+        "roots": {name: root for name, (_, _, root) in loaded.items()},
+        "stats": stats,
+        "mask_shape": {"mean_abs_difference": float(diff.abs().mean()),
+                       "largest_cells": largest_cells(diff)},
+        "figures": [str(png)],
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+    }
+    (args.out / "domain_shift.json").write_text(json.dumps(result, indent=2))
+    (args.out / "domain_shift.md").write_text(markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
