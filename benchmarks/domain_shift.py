@@ -36,11 +36,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from scoregen import devices
-from scoregen.cli_types import positive_int
-from scoregen.plotting import new_figure, png_path, save_png
-from scoregen.provenance import git_commit
-from scoregen.segmentation import CovidQUDataset, equalize_histogram
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tables
+
+import tables  # noqa: E402
+
+from scoregen import devices  # noqa: E402
+from scoregen.cli_types import positive_int  # noqa: E402
+from scoregen.plotting import new_figure, png_path, save_png  # noqa: E402
+from scoregen.provenance import git_commit  # noqa: E402
+from scoregen.segmentation import CovidQUDataset, equalize_histogram  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -146,26 +150,11 @@ def figure(means: dict[str, Tensor], diff: Tensor, path: Path) -> Path:
 
 def markdown(result: dict[str, Any]) -> str:
     first, second = result["domains"]
-    lines = [f"# Domain shift: {first} vs {second} (lung)", "",
-             f"{result['hardware']}; {result['date']}; commit {result['git_commit']}; wall "
-             f"{result['wall_seconds']:.0f} s.", "", f"Command: `{result['command']}`", "",
-             "| domain | images | raw mean | raw in-lung | raw outside | equalised in-lung "
-             "| equalised outside | lung share | box top | box bottom | box left | box right |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for name, s in result["stats"].items():
-        raw, eq, box = s["raw"], s["equalized"], s["box"]
-        lines.append(f"| {name} | {s['n_images']} | {raw['mean']:.3f} | {raw['in_lung']:.3f} | "
-                     f"{raw['outside']:.3f} | {eq['in_lung']:.3f} | {eq['outside']:.3f} | "
-                     f"{s['lung_share']['mean']:.3f} | {box['top']:.1f} | {box['bottom']:.1f} "
-                     f"| {box['left']:.1f} | {box['right']:.1f} |")
-    lines += ["", f"Mask shape ({result['box']} x {result['box']} lung-box grid): mean "
-              f"|difference| {result['mask_shape']['mean_abs_difference']:.4f}; largest cells "
-              "(row, col as fractions of the box; difference = share of lung, "
-              f"{second} minus {first}):", "",
-              "| row | col | difference |", "| ---: | ---: | ---: |"]
-    for cell in result["mask_shape"]["largest_cells"]:
-        lines.append(f"| {cell['row']:.2f} | {cell['col']:.2f} | {cell['difference']:+.3f} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join([f"# Domain shift: {first} vs {second} (lung)", "",
+                      f"{result['hardware']}; {result['date']}; commit {result['git_commit']}; "
+                      f"wall {result['wall_seconds']:.0f} s.", "",
+                      f"Command: `{result['command']}`", "",
+                      tables.domain_shift_table(result), ""])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -323,6 +323,29 @@ def seeds_table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def domain_shift_table(result: dict[str, Any]) -> str:
+    """``benchmarks/domain_shift.py``: grey levels and framing per domain, then the cells
+    where the box-normalised mean masks differ most."""
+    first, second = result["domains"]
+    lines = ["| domain | images | raw mean | raw in-lung | raw outside | equalised in-lung "
+             "| equalised outside | lung share | box top | box bottom | box left | box right |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, s in result["stats"].items():
+        raw, eq, box = s["raw"], s["equalized"], s["box"]
+        lines.append(f"| {name} | {s['n_images']} | {raw['mean']:.3f} | {raw['in_lung']:.3f} | "
+                     f"{raw['outside']:.3f} | {eq['in_lung']:.3f} | {eq['outside']:.3f} | "
+                     f"{s['lung_share']['mean']:.3f} | {box['top']:.1f} | {box['bottom']:.1f} "
+                     f"| {box['left']:.1f} | {box['right']:.1f} |")
+    shape = result["mask_shape"]
+    lines += ["", f"Mask shape ({result['box']} x {result['box']} lung-box grid): mean "
+              f"|difference| {shape['mean_abs_difference']:.4f}; largest cells (row, col as "
+              f"fractions of the box; difference = share of lung, {second} minus {first}):", "",
+              "| row | col | difference |", "| ---: | ---: | ---: |"]
+    for cell in shape["largest_cells"]:
+        lines.append(f"| {cell['row']:.2f} | {cell['col']:.2f} | {cell['difference']:+.3f} |")
+    return "\n".join(lines)
+
+
 def unconditional_runs_table(runs: list[dict[str, Any]]) -> str:
     """``examples/unconditional_xray.py`` runs side by side: SDE and parametrisation, wall
     time, and :func:`sample_stats` of the grid's raw samples against the Train images."""
@@ -372,6 +395,7 @@ DOC_TABLES = {
     "reference_runs": reference_runs_table,
     "ablation": ablation_table,
     "seeds": seeds_table,
+    "domain_shift": lambda rs: domain_shift_table(rs[0]),
     "unconditional_runs": unconditional_runs_table,
     "likelihood_domains": lambda rs: likelihood_domains_table(rs[0]),
     "likelihood_masks": lambda rs: likelihood_masks_table(rs[0]),
