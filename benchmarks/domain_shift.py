@@ -160,6 +160,7 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
+    commit = git_commit(__file__)  # before any output is (re)written, so only code counts
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     progress = not args.no_progress
     try:
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     png = figure(means, diff, args.out / "mask_shape.png")
     result = {
         "command": "python " + " ".join(["benchmarks/domain_shift.py", *sys.argv[1:]]),
-        "git_commit": git_commit(__file__),
+        "git_commit": commit,
         "hardware": devices.describe_device(torch.device("cpu")),
         "date": time.strftime("%Y-%m-%d %H:%M"), "splits": splits, "size": args.size,
         "box": args.box, "domains": [first, second],
