@@ -15,6 +15,15 @@ protocol). No model is needed to tell these apart; for each domain this script r
   domain's masks put the lung border relative to the lungs' extent. The difference
   map (second minus first) and its largest cells are reported.
 
+With ``--checkpoint`` of a lung model (``examples/covid_qu_seg.py``) it also segments each
+domain's Val images (DDIM, ``--steps`` x ``--ensemble``, the images normalised as the
+model was trained) and reports, per domain, the predicted / true lung area, sensitivity
+and precision, and the box-normalised shape error of the predictions against that
+domain's own masks and against the *other* domain's mean mask: a model that imposes
+its training domain's outlines is closer to the latter; one that follows the image is
+closer to the former. The coarse map of (predicted - true) lung share per box cell says
+where it over- or under-segments.
+
 Writes ``domain_shift.json`` (with command, commit, hardware, date, wall time),
 ``domain_shift.md`` and ``mask_shape.png`` (mean box-normalised masks and their
 difference) to ``--out``:
@@ -45,6 +54,7 @@ from scoregen.cli_types import positive_int  # noqa: E402
 from scoregen.plotting import new_figure, png_path, save_png  # noqa: E402
 from scoregen.provenance import git_commit  # noqa: E402
 from scoregen.segmentation import CovidQUDataset, equalize_histogram  # noqa: E402
+from scoregen.train.checkpoint import load_checkpoint  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,6 +67,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=positive_int, default=64)
     p.add_argument("--box", type=positive_int, default=32,
                    help="side of the box-normalised mask grid")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="a lung model of examples/covid_qu_seg.py: also score its masks")
+    p.add_argument("--steps", type=positive_int, default=1, help="DDIM steps (with --checkpoint)")
+    p.add_argument("--ensemble", type=positive_int, default=4, help="K (with --checkpoint)")
+    p.add_argument("--grid", type=positive_int, default=8,
+                   help="side of the coarse (predicted - true) map; divides --box")
+    p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--out", type=Path, default=Path("runs/domain_shift"))
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
@@ -119,29 +136,93 @@ def largest_cells(diff: Tensor, n: int = 5) -> list[dict[str, float]]:
              "difference": float(diff.flatten()[i])} for i in order]
 
 
-def load(root: Path, splits: list[str], size: int, progress: bool) -> tuple[Tensor, Tensor, str]:
+def load(root: Path, splits: list[str], size: int, progress: bool, image_norm: str = "none"
+         ) -> tuple[Tensor, Tensor, str]:
     images, masks = [], []
     for split in splits:
-        ds = CovidQUDataset(root, split, task="lung", size=size, progress=progress)
+        ds = CovidQUDataset(root, split, task="lung", size=size, progress=progress,
+                            image_norm=image_norm)
         images.append(ds.images[:, 0])
         masks.append(ds.masks[:, 0] > 0)
     return torch.cat(images), torch.cat(masks), str(ds.split_root)
 
 
-def figure(means: dict[str, Tensor], diff: Tensor, path: Path) -> Path:
-    """Mean box-normalised masks of both domains and their difference (second - first)."""
-    fig = new_figure(9.6, 3.4)
-    axes = fig.subplots(1, 3)
+def coarse(x: Tensor, grid: int) -> Tensor:
+    """(box, box) -> (grid, grid) block means; ``grid`` must divide ``box``."""
+    box = x.shape[-1]
+    if box % grid:
+        raise ValueError(f"--grid {grid} must divide --box {box}")
+    return x.reshape(grid, box // grid, grid, box // grid).mean((1, 3))
+
+
+def model_study(args: argparse.Namespace, means: dict[str, Tensor], roots: dict[str, Path]
+                ) -> dict[str, Any]:
+    """Segment each domain's Val images with ``--checkpoint``; per domain: area ratio,
+    sensitivity, precision, and the predictions' box-normalised shape against the
+    domain's own masks and the other domain's mean mask."""
+    import scoregen as sg
+    from scoregen.segmentation import segment
+
+    try:
+        ck = load_checkpoint(args.checkpoint)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"--checkpoint {args.checkpoint}: {err}") from err
+    info = ck.run_info or {}
+    if info.get("task", "lung") != "lung":
+        raise SystemExit(f"--checkpoint {args.checkpoint} is a {info['task']} model; "
+                         "the second domain has lung masks only")
+    size = int(info.get("image_size", args.size))
+    norm = info.get("image_norm", "none")
+    model = sg.load_model(args.checkpoint, lambda **c: sg.UNet(sg.UNetConfig.from_dict(c)))
+    model.eval()
     names = list(means)
-    for ax, name in zip(axes[:2], names, strict=True):
+    out: dict[str, Any] = {"checkpoint": str(args.checkpoint), "image_norm": norm,
+                           "sampler": f"ddim:{args.steps}x{args.ensemble}", "domains": {}}
+    for name, other in zip(names, names[::-1], strict=True):
+        images, truth, _ = load(roots[name], ["Val"], size, not args.no_progress, norm)
+        pred = segment(model, images[:, None], steps=args.steps, ensemble=args.ensemble,
+                       seed=0, progress=not args.no_progress,
+                       desc=f"masks {name}").fused[:, 0].bool()
+        keep = pred.flatten(1).any(1)  # an empty prediction has no box
+        shape = box_normalised(pred[keep], args.box).mean(0)
+        own = box_normalised(truth[keep], args.box).mean(0)
+        tp = float((pred & truth).sum())
+        out["domains"][name] = {
+            "n_images": len(images), "empty_predictions": int((~keep).sum()),
+            "area_ratio": float(pred.sum()) / float(truth.sum()),
+            "sensitivity": tp / float(truth.sum()), "precision": tp / max(float(pred.sum()), 1),
+            "shape_error_own": float((shape - own).abs().mean()),
+            "shape_error_other": float((shape - means[other]).abs().mean()),
+            "other": other,
+            "coarse_difference": coarse(shape - own, args.grid).tolist()}
+    return out
+
+
+def figure(means: dict[str, Tensor], diff: Tensor, path: Path,
+           study: dict[str, Any] | None = None) -> Path:
+    """Mean box-normalised masks of both domains and their difference (second - first);
+    with a model study, a second row: its (predicted - true) lung share per coarse cell."""
+    rows = 1 if study is None else 2
+    fig = new_figure(9.6, 3.4 * rows)
+    axes = fig.subplots(rows, 3, squeeze=False)
+    names = list(means)
+    for ax, name in zip(axes[0, :2], names, strict=True):
         shown = ax.imshow(means[name].numpy(), cmap="gray", vmin=0, vmax=1)
         ax.set_title(f"mean mask: {name}", fontsize=9)
-    fig.colorbar(shown, ax=axes[1], fraction=0.046)
+    fig.colorbar(shown, ax=axes[0, 1], fraction=0.046)
     lim = max(float(diff.abs().max()), 1e-6)
-    shown = axes[2].imshow(diff.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
-    axes[2].set_title(f"{names[1]} - {names[0]}", fontsize=9)
-    fig.colorbar(shown, ax=axes[2], fraction=0.046)
-    for ax in axes:
+    shown = axes[0, 2].imshow(diff.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
+    axes[0, 2].set_title(f"{names[1]} - {names[0]}", fontsize=9)
+    fig.colorbar(shown, ax=axes[0, 2], fraction=0.046)
+    if study is not None:
+        maps = {n: torch.tensor(d["coarse_difference"]) for n, d in study["domains"].items()}
+        lim = max(max(float(m.abs().max()) for m in maps.values()), 1e-6)
+        for ax, (name, m) in zip(axes[1, :2], maps.items(), strict=True):
+            shown = ax.imshow(m.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
+            ax.set_title(f"model: predicted - true, {name}", fontsize=9)
+        fig.colorbar(shown, ax=axes[1, 1], fraction=0.046)
+        axes[1, 2].axis("off")
+    for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_xlabel("lung box: image left -> right (patient's right -> left)", fontsize=7)
@@ -168,12 +249,18 @@ def main(argv: list[str] | None = None) -> int:
                   "Montgomery/Shenzhen": load(args.other, splits, args.size, progress)}
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"domain_shift.py: {err}") from err
+    if args.box % args.grid:
+        raise SystemExit(f"--grid {args.grid} must divide --box {args.box}")
     stats = {name: domain_stats(im, m) for name, (im, m, _) in loaded.items()}
     means = {name: box_normalised(m, args.box).mean(0) for name, (_, m, _) in loaded.items()}
     first, second = list(means)
     diff = means[second] - means[first]
+    study = None
+    if args.checkpoint is not None:
+        torch.set_num_threads(args.threads)
+        study = model_study(args, means, {first: args.data_root, second: args.other})
     args.out.mkdir(parents=True, exist_ok=True)
-    png = figure(means, diff, args.out / "mask_shape.png")
+    png = figure(means, diff, args.out / "mask_shape.png", study)
     result = {
         "command": "python " + " ".join(["benchmarks/domain_shift.py", *sys.argv[1:]]),
         "git_commit": commit,
@@ -184,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         "stats": stats,
         "mask_shape": {"mean_abs_difference": float(diff.abs().mean()),
                        "largest_cells": largest_cells(diff)},
+        "model": study,
         "figures": [str(png)],
         "wall_seconds": round(time.perf_counter() - t0, 1),
     }

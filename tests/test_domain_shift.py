@@ -80,3 +80,45 @@ def test_the_script_on_two_phantom_folders_writes_json_markdown_and_figure(tmp_p
     with pytest.raises(SystemExit, match="domain_shift.py: "):
         ds.main(["--data-root", str(tmp_path / "nowhere"), "--other", str(second),
                  "--out", str(out)])
+
+
+def test_with_a_checkpoint_the_model_is_scored_on_both_domains(tmp_path):
+    """A tiny phantom lung model: area ratio, sensitivity, precision and shape errors per
+    domain, in the JSON, the markdown and a second figure row; an infection model is
+    refused in one line."""
+    import contextlib
+    import io
+
+    ds = _load()
+    example_path = ROOT / "examples" / "covid_qu_seg.py"
+    spec = importlib.util.spec_from_file_location("_ex_covid_qu_seg", example_path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    runs = {}
+    for task in ("lung", "infection"):
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert example.main(["--phantom-train", "32", "--phantom-val", "4", "--size", "16",
+                                 "--batch-size", "16", "--epochs", "1", "--sampling-steps",
+                                 "1", "--epoch-eval-samples", "4", "--epoch-eval-steps", "1",
+                                 "--eval-samples", "4", "--task", task, "--no-progress",
+                                 "--out", str(tmp_path / task)]) == 0
+        runs[task] = sorted((tmp_path / task / "checkpoints").glob("*.safetensors"))[-1]
+    first = write_phantom_folder(tmp_path / "a", n_train=4, n_val=3, size=16, seed=0)
+    second = write_phantom_folder(tmp_path / "b", n_train=4, n_val=3, size=16, seed=5)
+    base = ["--data-root", str(first), "--other", str(second), "--size", "16", "--box", "8",
+            "--grid", "4", "--steps", "1", "--ensemble", "2", "--no-progress"]
+    out = tmp_path / "out"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert ds.main([*base, "--checkpoint", str(runs["lung"]), "--out", str(out)]) == 0
+    study = json.loads((out / "domain_shift.json").read_text())["model"]
+    assert list(study["domains"]) == ["COVID-QU-Ex", "Montgomery/Shenzhen"]
+    for d in study["domains"].values():
+        assert d["n_images"] == 3 and d["area_ratio"] > 0
+        assert 0 <= d["sensitivity"] <= 1 and 0 <= d["precision"] <= 1
+        assert len(d["coarse_difference"]) == 4 and len(d["coarse_difference"][0]) == 4
+    assert "predicted / true area" in (out / "domain_shift.md").read_text()
+    with pytest.raises(SystemExit, match="infection model"):
+        ds.main([*base, "--checkpoint", str(runs["infection"]), "--out", str(out)])
+    with pytest.raises(SystemExit, match="must divide"):
+        ds.main(["--data-root", str(first), "--other", str(second), "--size", "16",
+                 "--box", "8", "--grid", "3", "--no-progress", "--out", str(out)])
