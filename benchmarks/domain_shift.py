@@ -219,7 +219,7 @@ def figure(means: dict[str, Tensor], diff: Tensor, path: Path,
         lim = max(max(float(m.abs().max()) for m in maps.values()), 1e-6)
         for ax, (name, m) in zip(axes[1, :2], maps.items(), strict=True):
             shown = ax.imshow(m.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
-            ax.set_title(f"model: predicted - true, {name}", fontsize=9)
+            ax.set_title(f"predicted - true: {name}", fontsize=9)
         fig.colorbar(shown, ax=axes[1, 1], fraction=0.046)
         axes[1, 2].axis("off")
     for ax in axes.flat:
