@@ -189,6 +189,7 @@ def model_study(args: argparse.Namespace, means: dict[str, Tensor], roots: dict[
         tp = float((pred & truth).sum())
         out["domains"][name] = {
             "n_images": len(images), "empty_predictions": int((~keep).sum()),
+            "dice": 2 * tp / (float(pred.sum()) + float(truth.sum())),
             "area_ratio": float(pred.sum()) / float(truth.sum()),
             "sensitivity": tp / float(truth.sum()), "precision": tp / max(float(pred.sum()), 1),
             "shape_error_own": float((shape - own).abs().mean()),

@@ -348,11 +348,12 @@ def domain_shift_table(result: dict[str, Any]) -> str:
         lines += ["", f"Masks of {study['checkpoint']} ({study['sampler']}, images "
                   f"{study['image_norm']}) on each domain's Val images; shape error = mean "
                   "|difference| of the box-normalised mean masks:", "",
-                  "| domain | images | predicted / true area | sensitivity | precision "
+                  "| domain | images | Dice | predicted / true area | sensitivity | precision "
                   "| shape error vs own masks | vs the other domain's |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for name, d in study["domains"].items():
-            lines.append(f"| {name} | {d['n_images']} | {d['area_ratio']:.3f} | "
+            lines.append(f"| {name} | {d['n_images']} | {_f(d.get('dice'))} | "
+                         f"{d['area_ratio']:.3f} | "
                          f"{d['sensitivity']:.4f} | {d['precision']:.4f} | "
                          f"{d['shape_error_own']:.4f} | {d['shape_error_other']:.4f} |")
     return "\n".join(lines)

@@ -115,6 +115,9 @@ def test_with_a_checkpoint_the_model_is_scored_on_both_domains(tmp_path):
     for d in study["domains"].values():
         assert d["n_images"] == 3 and d["area_ratio"] > 0
         assert 0 <= d["sensitivity"] <= 1 and 0 <= d["precision"] <= 1
+        # Dice is the harmonic mean of sensitivity and precision
+        s_, p_ = d["sensitivity"], d["precision"]
+        assert d["dice"] == pytest.approx(2 * s_ * p_ / (s_ + p_) if s_ + p_ else 0.0)
         assert len(d["coarse_difference"]) == 4 and len(d["coarse_difference"][0]) == 4
     assert "predicted / true area" in (out / "domain_shift.md").read_text()
     with pytest.raises(SystemExit, match="infection model"):
