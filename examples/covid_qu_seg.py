@@ -467,6 +467,7 @@ def train_and_evaluate(args: argparse.Namespace, out: Path, train_ds: Segmentati
         raise SystemExit(fitted["status"])
     # every rank has just left fit() together: end the process group here, not after rank
     # 0's evaluation (a barrier would wait out the whole evaluation on the other ranks)
+    trainer.leave_distributed()  # its DDP reducer must go before the process group
     cleanup_distributed()
     if not trainer.is_main:  # under torchrun, rank 0 evaluates and writes the results
         return None

@@ -207,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
     fitted = trainer.fit(data, steps=total, batch_fn=lambda b: (b["image"], None))
     if not fitted["ok"]:  # skipped non-finite steps: say so and exit non-zero
         raise SystemExit(fitted["status"])
+    trainer.leave_distributed()  # its DDP reducer must go before the process group
     cleanup_distributed()  # every rank has left fit() together; a no-op on one process
     if not trainer.is_main:  # under torchrun, rank 0 samples and writes the results
         return 0

@@ -912,3 +912,17 @@ def test_a_checkpoint_written_before_run_ids_is_refused_fresh_and_resumed_as_its
     assert resumed.resume() and resumed.global_step == 2
     resumed.fit(make_points(), steps=4)
     assert _names(tmp_path / "run") == ["step_00000004.safetensors"]
+
+
+def test_after_leave_distributed_the_models_still_sample_but_step_refuses(tmp_path):
+    """leave_distributed() drops the DDP wrapper before the process group is destroyed;
+    a later step would train without syncing gradients, so it is refused in one line."""
+    x = make_points()[:8]
+    tr = make_trainer(tmp_path)
+    tr.fit(make_points(), steps=2)
+    tr.leave_distributed()
+    with pytest.raises(RuntimeError, match="left the process group"):
+        tr.step(x)
+    out = tr.ema_model.eval()(x, torch.full((8,), 0.5))  # the models are untouched
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    assert tr.save().is_file()  # and the run folder still takes a checkpoint

@@ -25,6 +25,7 @@ compared).
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 import time
@@ -202,6 +203,9 @@ class Trainer:
         if not torch.is_tensor(x0) or x0.ndim < 2 or not x0.is_floating_point():
             got = f"{getattr(x0, 'dtype', type(x0).__name__)} {tuple(getattr(x0, 'shape', ()))}"
             raise ValueError(f"x0 must be a float tensor of shape (B, *D), got {got}")
+        if self._train_model is None:
+            raise RuntimeError("this trainer left the process group (leave_distributed()); "
+                               "it cannot step again: its gradients would no longer be synced")
         if not self._hold.depth:  # a step outside fit(): this trainer owns the folder until
             self._hold.keep(self.run_id)  # close(), so another cannot write between steps
         x0, cond = (to_device(v, self.device, self.host.channels_last) for v in (x0, cond))
@@ -291,6 +295,19 @@ class Trainer:
         The lock is also gone when the process ends. ``with Trainer(...) as trainer:``
         calls it on exit. Call on every rank."""
         self._hold.release_kept()
+
+    def leave_distributed(self) -> None:
+        """Drop this trainer's ``DistributedDataParallel`` wrapper (after its last step,
+        before :func:`~scoregen.train.distributed.cleanup_distributed`, on every rank).
+
+        The wrapper's reducer keeps the process group alive: destroyed only when the
+        trainer is garbage-collected at interpreter exit, its Gloo threads can abort the
+        process ("terminate called without an active exception", seen on rank 1 of
+        ``examples/unconditional_xray.py`` under torchrun). ``model``, ``ema_model`` and
+        the run folder stay usable for sampling and writing results; :meth:`step`
+        refuses afterwards. A no-op on one process apart from that refusal."""
+        self._train_model = None
+        gc.collect()  # the DDP reducer goes now, while the process group still exists
 
     def __enter__(self) -> Trainer:
         return self
