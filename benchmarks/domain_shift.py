@@ -161,7 +161,7 @@ def model_study(args: argparse.Namespace, means: dict[str, Tensor], roots: dict[
     sensitivity, precision, and the predictions' box-normalised shape against the
     domain's own masks and the other domain's mean mask."""
     import scoregen as sg
-    from scoregen.segmentation import segment
+    from scoregen.segmentation import segment, segmentation_metrics
 
     try:
         ck = load_checkpoint(args.checkpoint)
@@ -186,12 +186,12 @@ def model_study(args: argparse.Namespace, means: dict[str, Tensor], roots: dict[
         keep = pred.flatten(1).any(1)  # an empty prediction has no box
         shape = box_normalised(pred[keep], args.box).mean(0)
         own = box_normalised(truth[keep], args.box).mean(0)
-        tp = float((pred & truth).sum())
+        scores = segmentation_metrics(pred.float(), truth.float())  # micro, as the benchmark
         out["domains"][name] = {
             "n_images": len(images), "empty_predictions": int((~keep).sum()),
-            "dice": 2 * tp / (float(pred.sum()) + float(truth.sum())),
+            "dice": scores["dice"],
             "area_ratio": float(pred.sum()) / float(truth.sum()),
-            "sensitivity": tp / float(truth.sum()), "precision": tp / max(float(pred.sum()), 1),
+            "sensitivity": scores["sensitivity"], "precision": scores["precision"],
             "shape_error_own": float((shape - own).abs().mean()),
             "shape_error_other": float((shape - means[other]).abs().mean()),
             "other": other,
