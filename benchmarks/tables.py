@@ -271,7 +271,8 @@ def ablation_table(runs: list[dict[str, Any]]) -> str:
         augment = ("yes" if rec["augment"] else "no") + (
             " + intensity" if rec.get("intensity_augment") else "") + (
             f"; images {rec['image_norm']}" if rec.get("image_norm", "none") != "none" else "")
-        lines.append(f"| {out} | {rec['preset']} | {rec.get('cond', 'add')} | {aux} | {density} "
+        cond = (rec.get("cond") or "add") + (" + self-cond" if rec.get("self_condition") else "")
+        lines.append(f"| {out} | {rec['preset']} | {cond} | {aux} | {density} "
                      f"| {augment} "
                      f"| {r['steps']:,} ({r['epochs']}) | {r['train_seconds']:.0f} | "
                      f"{r['protocol'].split(';')[0].split(', micro')[0]} | {_dice(m, 'all')} | "

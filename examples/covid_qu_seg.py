@@ -131,6 +131,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--cond", choices=("add", "concat", "both"), default=None,
                        help="how the X-ray conditions the U-Net: SegDiff's encoder added, "
                             "concatenated, or both (default add)")
+    model.add_argument("--self-condition", action="store_true",
+                       help="the U-Net also reads its previous mask estimate (Chen et al. "
+                            "2022, self-conditioning; trained on it for half of each batch); "
+                            "pays only at >= 2 sampling steps")
     model.add_argument("--preset", choices=tuple(sg.UNET_PRESETS), default=None,
                        help="U-Net size; default 'small' on real data, 'tiny' on the phantom")
     model.add_argument("--prediction", choices=sg.PREDICTIONS, default=None,
@@ -266,7 +270,13 @@ def recipe_of(args: argparse.Namespace) -> dict[str, Any]:
             "aux_weighting": args.aux_weighting, "time_power": args.time_power,
             "batch_size": args.batch_size,
             "lr": args.lr, "ema_decay": args.ema_decay, **intensity_of(args),
-            **image_norm_of(args)}
+            **image_norm_of(args), **self_condition_of(args)}
+
+
+def self_condition_of(args: argparse.Namespace) -> dict[str, bool]:
+    """``{"self_condition": True}`` when on; nothing otherwise (recipes of earlier runs stay
+    as they were)."""
+    return {"self_condition": True} if getattr(args, "self_condition", False) else {}
 
 
 def preset_of(args: argparse.Namespace) -> str:
@@ -312,7 +322,8 @@ def carve_holdout(args: argparse.Namespace, train: SegmentationDataset, val: Seg
 # ----------------------------------------------------------------------------- model
 def build_model(args: argparse.Namespace) -> tuple[sg.ScoreModel, sg.UNetConfig]:
     config = sg.UNetConfig.from_preset(preset_of(args), in_channels=1, out_channels=1,
-                                       cond_channels=1, cond_mode=args.cond)
+                                       cond_channels=1, cond_mode=args.cond,
+                                       self_condition=bool(args.self_condition))
     model = sg.ScoreModel(sg.UNet(config), sg.VPSDE.ddpm(**SDE_ARGS), args.prediction)
     return model, config
 
@@ -594,6 +605,11 @@ def settings_from_checkpoint(args: argparse.Namespace, path: Path, ck: Checkpoin
             raise ValueError(f"{flag} {given} does not match the checkpoint: {path} was "
                              f"trained with {name} {value} (drop {flag})")
         setattr(args, name, value)
+    saved_sc = bool(model_config.get("self_condition", False))
+    if args.self_condition and not saved_sc:
+        raise ValueError(f"--self-condition does not match the checkpoint: {path} was trained "
+                         "without it (drop --self-condition)")
+    args.self_condition = saved_sc
     if not info:
         notes.insert(0, f"NOTE: {path} carries no run_info (written before it existed): "
                         "task and image size cannot be checked;")
@@ -617,7 +633,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
     if out is None:  # the evaluated run's folder
         out = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     out.mkdir(parents=True, exist_ok=True)
-    result = {"task": args.task, "size": args.size, "cond": args.cond, "data": note,
+    result = {"task": args.task, "size": args.size, "cond": args.cond,
+              **self_condition_of(args), "data": note,
               "protocol": protocol_note(args, len(idx)), "checkpoint": str(path),
               "step": ck.step, "run_info": ck.run_info, "command": " ".join(sys.argv),
               "metrics": metrics}

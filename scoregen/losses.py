@@ -25,9 +25,17 @@ Wu et al. 2023), weighted by ``w(t) = alpha(t)^2`` by default.
 Times: continuous ``t ~ U[t_eps, T]``, or, for a discretised schedule
 (``VPSDE.ddpm``), DDPM's ``t = i / N`` with ``i ~ U{1..N}``.
 
-The random part of one training batch — ``t``, ``eps`` and the classifier-free-guidance
-condition dropout — is drawn in one place, :func:`draw_training_batch`, in a fixed order
-(t, then eps, then the dropout mask) from one generator. :func:`dsm_loss` draws what it
+Self-conditioning (Chen, Zhang & Hinton 2022, "Analog Bits", arXiv:2208.04202, Sec. 3),
+for a model whose net reads its previous estimate (``model.self_condition``): on a
+random half of the samples (``p_self_cond``) the net first runs without gradient on
+``(x_t, t, cond, 0)``; its ``x0_hat`` is then the ``x_self`` input of the call that is
+trained (the other samples get zeros). The net learns both to start from nothing and
+to refine an estimate, which is what a sampler gives it at its first and later steps.
+
+The random part of one training batch — ``t``, ``eps``, the classifier-free-guidance
+condition dropout and the self-conditioning rows — is drawn in one place,
+:func:`draw_training_batch`, in a fixed order (t, eps, dropout mask, self-conditioning
+mask) from one generator. :func:`dsm_loss` draws what it
 is not given through it; the trainer draws a whole global batch through it and keeps
 each process's rows (:meth:`TrainingDraw.shard`), then hands ``t`` and ``eps`` to
 :func:`dsm_loss`. The dropout is applied by :func:`drop_condition` in both.
@@ -41,12 +49,14 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 
 from scoregen.broadcast import append_dims
 from scoregen.model import ScoreModel
 
 __all__ = ["dsm_loss", "sample_times", "draw_training_batch", "drop_condition", "TrainingDraw",
-           "WEIGHTINGS", "AUX_LOSSES", "AUX_WEIGHTINGS", "binary_mask_loss"]
+           "WEIGHTINGS", "AUX_LOSSES", "AUX_WEIGHTINGS", "binary_mask_loss",
+           "SELF_COND_P"]
 
 WEIGHTINGS = ("simple", "sigma2")
 #: Auxiliary losses on ``x0_hat`` (see :func:`binary_mask_loss`).
@@ -55,6 +65,8 @@ AUX_LOSSES = ("dice_bce",)
 #: high noise, so the sampler's x0_hat stays the posterior mean where the data is unseen);
 #: ``uniform`` = 1.
 AUX_WEIGHTINGS = ("alpha2", "uniform")
+#: Share of a batch trained on its own previous estimate (Chen et al. 2022 use 0.5).
+SELF_COND_P = 0.5
 Weighting = str | Callable[[Tensor, Tensor], Tensor]
 
 
@@ -107,18 +119,22 @@ class TrainingDraw:
         noise: ``eps`` (B, *D) ~ N(0, I).
         keep: (B,) bool, True where the condition is kept (False: replaced by zeros, the
             unconditional input of classifier-free guidance); None when nothing is dropped.
+        self_cond: (B,) bool, True where a self-conditioned net is trained on its own
+            first estimate; None when the model is not self-conditioned.
     """
 
     t: Tensor
     noise: Tensor
     keep: Tensor | None = None
+    self_cond: Tensor | None = None
 
     def shard(self, rank: int, world_size: int) -> TrainingDraw:
         """The rows ``[rank::world_size]`` (the rows ``DistributedSampler`` gives a rank),
         so that a global batch drawn once is split identically for any number of ranks."""
         rows = slice(rank, None, world_size)
         keep = None if self.keep is None else self.keep[rows]
-        return TrainingDraw(self.t[rows], self.noise[rows], keep)
+        self_cond = None if self.self_cond is None else self.self_cond[rows]
+        return TrainingDraw(self.t[rows], self.noise[rows], keep, self_cond)
 
 
 def drop_condition(cond: Tensor | None, keep: Tensor | None) -> Tensor | None:
@@ -140,6 +156,7 @@ def draw_training_batch(
     p_uncond: float = 0.0,
     discrete: bool | None = None,
     time_power: float = 1.0,
+    p_self_cond: float | None = None,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
@@ -148,15 +165,18 @@ def draw_training_batch(
 
     Draws, in this order and from ``generator``, what is not given: ``t`` by
     :func:`sample_times` (``discrete``, and ``time_power`` as its ``power``), ``noise`` ~
-    N(0, I) of ``shape`` in ``dtype``, and, when ``p_uncond > 0``,
-    ``keep = U[0, 1) >= p_uncond``. A given ``t`` (B,) or ``noise`` (B, *D) is checked and
-    returned as is.
+    N(0, I) of ``shape`` in ``dtype``, when ``p_uncond > 0``
+    ``keep = U[0, 1) >= p_uncond``, and, when ``p_self_cond`` is not None (a
+    self-conditioned model), ``self_cond = U[0, 1) < p_self_cond``. A given ``t`` (B,) or
+    ``noise`` (B, *D) is checked and returned as is.
     """
     shape = tuple(int(n) for n in shape)
     if len(shape) < 2:
         raise ValueError(f"shape must be (B, *D) with at least one data dimension, got {shape}")
     if not 0.0 <= p_uncond <= 1.0:
         raise ValueError(f"p_uncond must be in [0, 1], got {p_uncond}")
+    if p_self_cond is not None and not 0.0 <= p_self_cond <= 1.0:
+        raise ValueError(f"p_self_cond must be None or in [0, 1], got {p_self_cond}")
     batch = shape[0]
     if t is None:
         t = sample_times(model, batch, discrete=discrete, power=time_power,
@@ -172,7 +192,10 @@ def draw_training_batch(
     keep = None
     if p_uncond > 0:
         keep = torch.rand(batch, generator=generator, device=device) >= p_uncond
-    return TrainingDraw(t, noise, keep)
+    self_cond = None
+    if p_self_cond is not None:
+        self_cond = torch.rand(batch, generator=generator, device=device) < p_self_cond
+    return TrainingDraw(t, noise, keep, self_cond)
 
 
 def dsm_loss(
@@ -190,6 +213,8 @@ def dsm_loss(
     aux: str | None = None,
     aux_weight: float = 1.0,
     aux_weighting: str = "alpha2",
+    p_self_cond: float = SELF_COND_P,
+    self_cond: Tensor | None = None,
 ) -> Tensor:
     """Denoising score-matching loss of ``model`` on a batch ``x0``: (B, *D).
 
@@ -208,6 +233,10 @@ def dsm_loss(
         aux: ``None`` or ``"dice_bce"``: add :func:`binary_mask_loss` of ``x0_hat``
             (for x0 in {-1, +1}), times ``aux_weight`` and ``alpha(t)^2``
             (``aux_weighting="alpha2"``) or 1 (``"uniform"``).
+        p_self_cond: for a self-conditioned model, the share of samples trained on the
+            net's own first estimate (module docstring); ignored by other models.
+        self_cond: (B,) bool, those samples, given (the trainer draws them for the
+            global batch); drawn with ``p_self_cond`` when None.
 
     The per-sample loss is the mean over the data dimensions of the weighted squared error.
     """
@@ -229,15 +258,27 @@ def dsm_loss(
     if aux_weighting not in AUX_WEIGHTINGS:
         raise ValueError(f"aux_weighting must be one of {AUX_WEIGHTINGS}, got {aux_weighting!r}")
     model.check_cond(x0, cond)
+    self_conditioned = model.self_condition
+    if self_cond is not None and (not self_conditioned or self_cond.shape != x0.shape[:1]
+                                  or self_cond.dtype != torch.bool):
+        raise ValueError(f"self_cond must be a ({x0.shape[0]},) bool tensor for a "
+                         f"self-conditioned model; got {getattr(self_cond, 'shape', self_cond)} "
+                         f"for a model with self_condition={self_conditioned}")
     draw = draw_training_batch(
         model, x0.shape, t=t, noise=noise, p_uncond=p_uncond if cond is not None else 0.0,
         discrete=discrete, generator=generator, device=x0.device, dtype=x0.dtype,
+        p_self_cond=p_self_cond if self_conditioned and self_cond is None else None,
     )
     t, noise, cond = draw.t, draw.noise, drop_condition(cond, draw.keep)
 
     alpha, sigma = model.coeffs(t, x0)
     x_t = alpha * x0 + sigma * noise
-    out = model.net(x_t, t.to(x0.dtype), cond)
+    if self_conditioned:
+        rows = self_cond if self_cond is not None else draw.self_cond
+        x_self = _first_estimate(model, x_t, t.to(x0.dtype), cond, alpha, sigma, rows)
+        out = model.net(x_t, t.to(x0.dtype), cond, x_self)
+    else:
+        out = model.net(x_t, t.to(x0.dtype), cond)
     if out.shape != x0.shape:
         raise ValueError(
             f"the net returned shape {tuple(out.shape)}; expected the shape of x0 {tuple(x0.shape)}"
@@ -263,6 +304,22 @@ def dsm_loss(
         w = alpha.flatten(1)[:, 0].float() ** 2 if aux_weighting == "alpha2" else 1.0
         per_sample = per_sample + aux_weight * w * binary_mask_loss(x0_hat, x0.float())
     return per_sample.mean() if reduction == "mean" else per_sample
+
+
+def _first_estimate(model: ScoreModel, x_t: Tensor, t: Tensor, cond: Tensor | None,
+                    alpha: Tensor, sigma: Tensor, rows: Tensor) -> Tensor:
+    """``x_self`` of a self-conditioning step: zeros, and on ``rows`` (B,) the ``x0_hat`` of
+    a gradient-free call on ``(x_t, t, cond, 0)``. Only those rows are evaluated; under
+    DDP the first call bypasses the wrapper (no gradient, nothing to synchronise)."""
+    x_self = torch.zeros_like(x_t)
+    idx = rows.nonzero().squeeze(1)
+    if idx.numel() == 0:
+        return x_self
+    net = model.net.module if isinstance(model.net, DistributedDataParallel) else model.net
+    with torch.no_grad():
+        out = net(x_t[idx], t[idx], None if cond is None else cond[idx], None)
+        _, est = model.convert(out.to(x_t.dtype), x_t[idx], alpha[idx], sigma[idx])
+    return x_self.index_copy(0, idx, est.to(x_t.dtype))
 
 
 def binary_mask_loss(x0_hat: Tensor, x0: Tensor, *, eps: float = 1e-4) -> Tensor:

@@ -25,6 +25,14 @@ Classifier-free guidance (Ho & Salimans 2022) mixes the conditional and uncondit
 outputs, ``out = out_u + w (out_c - out_u)``; because every conversion is affine in the
 network output, guiding the raw output is the same as guiding eps, score, x0 or v.
 The unconditional output is the network evaluated with an all-zeros condition.
+
+Self-conditioning (Chen, Zhang & Hinton 2022, arXiv:2208.04202, Sec. 3): a net built to
+read its own previous estimate is called ``net(x, t, cond, x_self)``, ``x_self`` the
+last ``x0_hat`` (None: zeros, "no estimate yet"). ``denoise`` and ``reverse_drift``
+take it as ``x_self``; a sampler passes the estimate of its previous network call
+(:class:`scoregen.samplers.base.SamplingRun`), the loss trains both inputs
+(:func:`scoregen.dsm_loss`). Without ``x_self`` such a model is a plain function of
+``(x_t, t)``, which is what an ODE likelihood needs.
 """
 
 from __future__ import annotations
@@ -55,6 +63,20 @@ def velocity(eps: Tensor, x0: Tensor, alpha: Tensor | float, sigma: Tensor | flo
     return (alpha * eps - sigma * x0) / (alpha * alpha + sigma * sigma) ** 0.5
 
 
+def _reads_previous_estimate(net: object) -> bool:
+    """``net.self_condition`` of the innermost net under DDP (``.module``) and
+    ``torch.compile`` (``._orig_mod``) wrappers; False when it has no such attribute."""
+    for _ in range(4):
+        flag = getattr(net, "self_condition", None)
+        if isinstance(flag, bool):
+            return flag
+        inner = getattr(net, "module", None) or getattr(net, "_orig_mod", None)
+        if inner is None:
+            return False
+        net = inner
+    return False
+
+
 def _check_guidance_scale(w: object) -> None:
     if w is None:
         return
@@ -82,6 +104,9 @@ class ScoreModel(nn.Module):
         prediction: what the net outputs: ``"eps"``, ``"score"``, ``"x0"`` or ``"v"``.
         guidance_scale: classifier-free guidance weight ``w`` used when a ``cond`` is
             given: ``None`` (or 1) = plain conditional, 0 = unconditional.
+        self_condition: the net takes the previous ``x0_hat`` as a fourth argument
+            (module docstring); ``None`` reads ``net.self_condition`` (through DDP and
+            ``torch.compile`` wrappers), False when it has none.
     """
 
     def __init__(
@@ -90,6 +115,7 @@ class ScoreModel(nn.Module):
         sde: SDE,
         prediction: Prediction = "eps",
         guidance_scale: float | None = None,
+        self_condition: bool | None = None,
     ) -> None:
         super().__init__()
         if not callable(net):
@@ -99,6 +125,11 @@ class ScoreModel(nn.Module):
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         _check_guidance_scale(guidance_scale)
+        if self_condition is None:
+            self_condition = _reads_previous_estimate(net)
+        if not isinstance(self_condition, bool):
+            raise TypeError(f"self_condition must be a bool or None, got {self_condition!r}")
+        self.self_condition = self_condition
         self.net = net  # registered as a submodule when it is an nn.Module
         self.sde = sde
         self.prediction: Prediction = prediction
@@ -150,21 +181,34 @@ class ScoreModel(nn.Module):
             net_check(x, cond)
 
     # ------------------------------------------------------------------ network output
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None,
+                x_self: Tensor | None = None) -> Tensor:
         """Raw network output (in the net's own parametrisation), guidance applied."""
-        return self._guided(x, as_batch_times(t, x.shape[0], x), cond)
+        return self._guided(x, as_batch_times(t, x.shape[0], x), cond, x_self)
 
-    def _guided(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
+    def _call(self, x: Tensor, t: Tensor, cond: Tensor | None, x_self: Tensor | None
+              ) -> Tensor:
+        """The net on one batch; ``x_self`` only reaches a self-conditioned net."""
+        if self.self_condition:
+            return self.net(x, t, cond, x_self)
+        if x_self is not None:
+            raise ValueError("x_self (the previous x0 estimate) was given to a model whose "
+                             "net is not self-conditioned (ScoreModel.self_condition=False)")
+        return self.net(x, t, cond)
+
+    def _guided(self, x: Tensor, t: Tensor, cond: Tensor | None,
+                x_self: Tensor | None = None) -> Tensor:
         """One (guided) network evaluation; ``t``: (B,) already on ``x``'s device."""
         w = self.guidance_scale
         if cond is None or w is None or w == 1:
-            return self.net(x, t, cond)
+            return self._call(x, t, cond, x_self)
         if isinstance(cond, EncodedCondition):
             _refuse_encoded_guidance(w)
         uncond = torch.zeros_like(cond)
         if w == 0:
-            return self.net(x, t, uncond)
-        out = self.net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, uncond]))
+            return self._call(x, t, uncond, x_self)
+        both = None if x_self is None else torch.cat([x_self, x_self])
+        out = self._call(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, uncond]), both)
         out_c, out_u = out.chunk(2)
         return out_u + w * (out_c - out_u)
 
@@ -182,6 +226,7 @@ class ScoreModel(nn.Module):
         alpha: Tensor | float | None = None,
         sigma: Tensor | float | None = None,
         net_dtype: torch.dtype | None = None,
+        x_self: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """``(eps_hat, x0_hat)`` at ``x_t = x`` from exactly one (guided) network call.
 
@@ -192,14 +237,18 @@ class ScoreModel(nn.Module):
         schedule pass ``alpha``/``sigma`` (numbers or tensors broadcastable to ``x``);
         otherwise they are computed (and ``t`` range-checked) here. ``cond`` is not
         validated here: :func:`scoregen.sample` checks it once per call
-        (:meth:`check_cond`).
+        (:meth:`check_cond`). ``x_self``: the previous ``x0_hat`` (B, *D) for a
+        self-conditioned net (None: zeros); refused by other nets.
         """
         if not (torch.is_tensor(t) and t.shape == x.shape[:1] and t.device == x.device):
             t = as_batch_times(t, x.shape[0], x)
         if alpha is None or sigma is None:
             alpha, sigma = self.coeffs(t, x)
-        x_in = x if net_dtype is None or net_dtype == x.dtype else x.to(net_dtype)
-        out = self._guided(x_in, t, cond)
+        cast = net_dtype is not None and net_dtype != x.dtype
+        x_in = x.to(net_dtype) if cast else x
+        if cast and x_self is not None:
+            x_self = x_self.to(net_dtype)
+        out = self._guided(x_in, t, cond, x_self)
         if out.dtype != x.dtype:
             out = out.to(x.dtype)
         return self.convert(out, x, alpha, sigma)
@@ -214,6 +263,7 @@ class ScoreModel(nn.Module):
         coeffs: tuple[Tensor | float, Tensor | float, Tensor | float, Tensor | float]
         | None = None,
         net_dtype: torch.dtype | None = None,
+        x_self: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Drift of the reverse-time dynamics, and the ``x0_hat`` of its one network call.
 
@@ -229,7 +279,7 @@ class ScoreModel(nn.Module):
 
         ``coeffs``: precomputed ``(alpha, sigma, f, g2)`` at ``t`` (numbers, or tensors
         broadcastable to ``x``); by default computed from ``t`` (then a (B,) tensor or a
-        number).
+        number). ``x_self``: as in :meth:`denoise`.
         """
         if coeffs is None:
             t = as_batch_times(t, x.shape[0], x)
@@ -238,7 +288,8 @@ class ScoreModel(nn.Module):
             f, g2 = (append_dims(v.to(x.dtype), x.ndim) for v in self.sde.f_g2(t64))
         else:
             alpha, sigma, f, g2 = coeffs
-        eps, x0 = self.denoise(x, t, cond, alpha=alpha, sigma=sigma, net_dtype=net_dtype)
+        eps, x0 = self.denoise(x, t, cond, alpha=alpha, sigma=sigma, net_dtype=net_dtype,
+                               x_self=x_self)
         c = (0.5 * (1.0 + noise * noise)) * g2 / sigma
         if isinstance(f, float) and isinstance(c, float):
             return torch.add(x * f, eps, alpha=c), x0

@@ -149,13 +149,30 @@ def test_evaluate_falls_back_to_the_newest_checkpoint_that_loads(trained, tmp_pa
     (["--prediction", "eps"], "--prediction eps does not match"),
     (["--preset", "small"], "--preset small does not match"),
     (["--image-norm", "equalize"], "--image-norm equalize does not match"),
-], ids=["task", "size", "cond", "prediction", "preset", "image-norm"])
+    (["--self-condition"], "--self-condition does not match the checkpoint"),
+], ids=["task", "size", "cond", "prediction", "preset", "image-norm", "self-condition"])
 def test_evaluate_refuses_a_flag_that_contradicts_the_checkpoint(trained, capsys, flags,
                                                                  message):
     example, out, _ = trained
     assert example.main(["--evaluate", str(out), *flags, "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_self_conditioned_run_records_it_and_evaluates_with_it(tmp_path):
+    example = _load("examples/covid_qu_seg.py")
+    out = tmp_path / "sc"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert example.main([*TINY, "--epochs", "1", "--self-condition", "--out", str(out)]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["recipe"]["self_condition"] is True
+    ck = load_checkpoint(latest_checkpoint(out / "checkpoints"))
+    assert ck.model_config["self_condition"] is True
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert example.main(["--evaluate", str(out), "--sampling-steps", "2", "--eval-samples",
+                             "4", "--no-progress"]) == 0
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["self_condition"] is True and evaluation["metrics"]["all"]["n_images"] == 4
 
 
 def test_a_checkpoint_without_run_info_falls_back_to_the_flags_and_says_so(trained, tmp_path,

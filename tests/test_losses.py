@@ -315,7 +315,7 @@ def test_the_training_step_draws_times_with_the_configs_power():
     x0 = torch.zeros(4000, 2)
     means = []
     for k in (1.0, 3.0):
-        t, _, _ = draw_rows(model, x0, None, config=sg.TrainConfig(time_power=k), step=0,
+        t, *_ = draw_rows(model, x0, None, config=sg.TrainConfig(time_power=k), step=0,
                             generator=torch.Generator(), device=torch.device("cpu"), rank=0,
                             world_size=1)
         means.append(float(t.mean()))

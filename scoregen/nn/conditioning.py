@@ -12,6 +12,10 @@
   condition beside ``x_t`` and the encoder's features are added on top.
 - ``None``: an unconditional network (``cond_channels`` must be 0).
 
+Self-conditioning (Chen, Zhang & Hinton 2022, "Analog Bits", arXiv:2208.04202, Sec. 3):
+with ``self_condition=True`` the input conv also reads the previous estimate
+``x0_prev`` beside ``x_t``, ``F([x_t, x0_prev])``; ``x0_prev = 0`` is "no estimate yet".
+
 A missing condition (``cond=None`` given to a conditional network) is the all-zeros
 image, so ``net(x, t, None) == net(x, t, zeros)``: classifier-free guidance (Ho &
 Salimans 2022, arXiv:2207.12598) trains the "unconditional" branch by zeroing the
@@ -270,9 +274,13 @@ class ConditionalStem(nn.Module):
         encoder_depth: int = 2,
         groups: int = 32,
         patch_size: int = 1,
+        self_condition: bool = False,
     ) -> None:
         super().__init__()
         check_cond_mode(cond_mode, cond_channels)
+        if not isinstance(self_condition, bool):
+            raise TypeError(f"ConditionalStem: self_condition must be a bool; got "
+                            f"{type(self_condition).__name__}")
         if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
             raise ValueError(f"ConditionalStem: patch_size must be an int >= 1; got {patch_size!r}")
         self.in_channels = in_channels
@@ -280,8 +288,10 @@ class ConditionalStem(nn.Module):
         self.cond_channels = cond_channels
         self.cond_mode = cond_mode
         self.patch_size = p = patch_size
-        conv_in = (in_channels + cond_channels if cond_mode in CONCAT_MODES
-                   else in_channels) * p * p
+        self.self_condition = self_condition
+        x_channels = in_channels * (2 if self_condition else 1)  # [x_t, x0_prev]
+        conv_in = (x_channels + cond_channels if cond_mode in CONCAT_MODES
+                   else x_channels) * p * p
         self.conv = nn.Conv2d(conv_in, out_channels, kernel_size=3, padding=1)
         self.encoder = (
             ConditionEncoder(cond_channels * p * p, out_channels, depth=encoder_depth,
@@ -311,9 +321,23 @@ class ConditionalStem(nn.Module):
         features = self.encoder(self._fold(cond))  # (B, C0, H / p, W / p)
         return EncodedCondition(features, cond if self.cond_mode == "both" else None)
 
-    def forward(self, x: Tensor, cond: Tensor | EncodedCondition | None = None) -> Tensor:
+    def forward(self, x: Tensor, cond: Tensor | EncodedCondition | None = None,
+                x_self: Tensor | None = None) -> Tensor:
+        """``x_self``: the previous ``x0_hat`` (B, C_in, H, W) of a self-conditioned stem
+        (read beside ``x_t`` by the input conv; None = zeros); must be None otherwise."""
         c = self.prepare(x, cond)  # (B, C_cond, H, W), EncodedCondition or None
         h = self._fold(x)  # (B, C_in * p * p, H / p, W / p)
+        if self.self_condition:
+            if x_self is None:
+                x_self = x.new_zeros(x.shape)
+            elif not isinstance(x_self, Tensor) or x_self.shape != x.shape:
+                got = tuple(x_self.shape) if isinstance(x_self, Tensor) else type(x_self).__name__
+                raise ValueError(f"x_self (the previous x0 estimate) must have x's shape "
+                                 f"{tuple(x.shape)}; got {got}")
+            h = torch.cat([h, self._fold(x_self.to(x.dtype))], dim=1)  # [x_t, x0_prev]
+        elif x_self is not None:
+            raise ValueError("x_self (the previous x0 estimate) was given to a stem built "
+                             "without self_condition=True")
         if isinstance(c, EncodedCondition):  # G(I) precomputed ("both": with the image)
             c, features = c.image, c.features
         elif self.cond_mode in ENCODER_MODES:

@@ -161,6 +161,9 @@ class UNetConfig:
             ``"both"``).
         patch_size: ``p``; the finest level runs at ``H / p`` (space-to-depth stem,
             depth-to-space head). ``from_dict`` reads a config saved without it as 1.
+        self_condition: the net also reads the previous ``x0_hat`` (``forward``'s
+            ``x_self``; Chen et al. 2022, self-conditioning). ``to_dict`` writes it only
+            when True, so configs and checkpoints of other nets stay as they were.
     """
 
     in_channels: int = 1
@@ -180,6 +183,7 @@ class UNetConfig:
     time_scale: float = 1000.0
     cond_encoder_depth: int = 2
     patch_size: int = 1
+    self_condition: bool = False
 
     def __post_init__(self) -> None:
         # Normalise JSON lists to tuples (keeps the frozen config hashable).
@@ -202,6 +206,9 @@ class UNetConfig:
         _check_int("patch_size", self.patch_size, 1)
         if self.time_embed_dim is not None:
             _check_int("time_embed_dim", self.time_embed_dim, 1)
+        if not isinstance(self.self_condition, bool):
+            raise TypeError(f"UNetConfig.self_condition must be a bool; got "
+                            f"{type(self.self_condition).__name__}")
         if not isinstance(self.mid_attention, bool):
             raise TypeError(
                 f"UNetConfig.mid_attention must be a bool; got {type(self.mid_attention).__name__}"
@@ -255,10 +262,13 @@ class UNetConfig:
         return self.time_embed_dim if self.time_embed_dim is not None else 4 * self.base_channels
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field, JSON-ready (tuples as lists)."""
+        """Every field, JSON-ready (tuples as lists); the fields of ``_WRITTEN_IF_SET`` only
+        when they differ from their default (a run saved before them still resumes)."""
         return {
             f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
             for f in dataclasses.fields(self)
+            if not (f.name in _WRITTEN_IF_SET
+                    and getattr(self, f.name) == _WRITTEN_IF_SET[f.name])
         }
 
     @classmethod
@@ -294,7 +304,10 @@ class UNetConfig:
 
 
 #: Fields added after the first saved checkpoints, with the value that reproduces them.
-_ADDED_FIELDS: dict[str, Any] = {"patch_size": 1}
+_ADDED_FIELDS: dict[str, Any] = {"patch_size": 1, "self_condition": False}
+#: Added fields left out of ``to_dict`` at these values: resuming compares the saved
+#: model_config key by key, so a new key would refuse every older run.
+_WRITTEN_IF_SET: dict[str, Any] = {"self_condition": False}
 
 # Upper bounds on the sizes a saved config may ask for, checked before anything is
 # allocated: a crafted file with base_channels 65536 would otherwise build ~150 GB of
@@ -355,10 +368,11 @@ class _Stage(nn.Module):
 class UNet(nn.Module):
     """DDPM U-Net with time embedding and optional condition image (module docstring).
 
-    ``forward(x, t, cond=None)``: ``x: (B, in_channels, H, W)`` with H, W multiples of
-    ``config.downsample_factor``; ``t``: continuous times ``(B,)`` (or a float / 0-d
-    tensor, broadcast); ``cond: (B, cond_channels, H, W)`` or ``None`` (= zeros) ->
-    ``(B, out_channels, H, W)`` in ``x``'s dtype.
+    ``forward(x, t, cond=None, x_self=None)``: ``x: (B, in_channels, H, W)`` with H, W
+    multiples of ``config.downsample_factor``; ``t``: continuous times ``(B,)`` (or a
+    float / 0-d tensor, broadcast); ``cond: (B, cond_channels, H, W)`` or ``None`` (=
+    zeros); ``x_self``: the previous ``x0_hat`` of ``x``'s shape for a self-conditioned
+    net (None = zeros) -> ``(B, out_channels, H, W)`` in ``x``'s dtype.
     """
 
     def __init__(self, config: UNetConfig) -> None:
@@ -389,6 +403,7 @@ class UNet(nn.Module):
             encoder_depth=c.cond_encoder_depth,
             groups=groups,
             patch_size=c.patch_size,
+            self_condition=c.self_condition,
         )
 
         skips = [ch]
@@ -474,6 +489,11 @@ class UNet(nn.Module):
             )
         return t.to(x.device)
 
+    @property
+    def self_condition(self) -> bool:
+        """True when the net reads the previous ``x0_hat`` (``config.self_condition``)."""
+        return self.config.self_condition
+
     def check_cond(self, x: Tensor, cond: Tensor | None) -> None:
         """Validate ``x`` and ``cond`` shapes without running the net (``x`` may be on the
         ``meta`` device). Samplers call it through ``ScoreModel.check_cond`` before they
@@ -511,15 +531,17 @@ class UNet(nn.Module):
         return self.stem.encode(cond.to(device=weight.device, dtype=weight.dtype))
 
     def forward(
-        self, x: Tensor, t: Tensor | float, cond: Tensor | EncodedCondition | None = None
+        self, x: Tensor, t: Tensor | float, cond: Tensor | EncodedCondition | None = None,
+        x_self: Tensor | None = None,
     ) -> Tensor:
         """``x: (B, C_in, H, W), t: (B,), cond: (B, C_cond, H, W) | None`` -> (B, C_out, H, W).
 
-        ``cond`` may also be :meth:`encode_condition`'s output (then G does not run)."""
+        ``cond`` may also be :meth:`encode_condition`'s output (then G does not run).
+        ``x_self``: (B, C_in, H, W), the previous ``x0_hat`` (self-conditioned nets only)."""
         t = self._check_inputs(x, t)  # (B,)
         emb = self.time_embed(t)  # (B, E)
         h = x.to(self.out_conv.weight.dtype)  # (B, C_in, H, W)
-        h = self.stem(h, cond)  # (B, C_0, H / p, W / p)
+        h = self.stem(h, cond, x_self)  # (B, C_0, H / p, W / p)
         skips = [h]
         for stage in self.down:
             h = stage(h, emb)  # (B, C_l, H / (p 2**l), W / (p 2**l))

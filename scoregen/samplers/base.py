@@ -10,7 +10,8 @@ sampler is a short update loop over ``run.steps()``:
   log(alpha/sigma), ``f``, ``g2``; float64 arithmetic, computed once, so the loop does
   scalar arithmetic with no tensor allocation and no host syncs);
 * network calls (:meth:`SamplingRun.denoise`, :meth:`SamplingRun.reverse_drift`) and
-  the NFE count;
+  the NFE count; a self-conditioned model (``model.self_condition``) gets the ``x0_hat``
+  of the run's previous call as ``x_self`` (zeros at the first; Chen et al. 2022);
 * noise, drawn only through the caller's generator(s): one ``torch.Generator`` for the
   batch, or a list of B generators, one per sample, so that sample ``i`` depends only on
   ``generator[i]`` (not on the batch size or the other samples; as EDM and diffusers);
@@ -198,6 +199,8 @@ class SamplingRun:
         batch = x_init.shape[0]
         self._t_vecs = g.to(x_init.device, self.net_dtype)[:, None].expand(-1, batch)
         self.nfe = 0
+        #: the last x0_hat, fed to a self-conditioned net at the next call (else None)
+        self.x0_prev: Tensor | None = None
         self._bar = tqdm(total=len(self.t) - 1, desc=name, disable=not progress, leave=False)
         runs = _RUNS.get()
         if runs is not None:
@@ -228,19 +231,33 @@ class SamplingRun:
         return x.to(self.out_dtype)
 
     # ------------------------------------------------------------------ model and noise
+    def previous_estimate(self, x: Tensor) -> Tensor | None:
+        """``x_self`` for the next call on ``x``: the last ``x0_hat`` when the model is
+        self-conditioned and it has ``x``'s shape, else None (the net reads zeros)."""
+        prev = self.x0_prev
+        if not self.model.self_condition or prev is None or prev.shape != x.shape:
+            return None
+        return prev
+
+    def remember(self, x0_hat: Tensor) -> Tensor:
+        """Keep ``x0_hat`` as the next call's ``x_self`` (self-conditioned models only)."""
+        if self.model.self_condition:
+            self.x0_prev = x0_hat.detach()
+        return x0_hat
+
     def denoise(self, x: Tensor, i: int) -> tuple[Tensor, Tensor]:
         """``(eps_hat, x0_hat)`` at grid point ``i`` (one network evaluation)."""
-        self.nfe += 1
-        return self.model.denoise(x, self._t_vecs[i], self.cond, alpha=self.alpha[i],
-                                  sigma=self.sigma[i], net_dtype=self.net_dtype)
+        return self.denoise_at(x, self._t_vecs[i], self.alpha[i], self.sigma[i])
 
     def denoise_at(
         self, x: Tensor, t_vec: Tensor, alpha: float | Tensor, sigma: float | Tensor
     ) -> tuple[Tensor, Tensor]:
         """``(eps_hat, x0_hat)`` at arbitrary times ``t_vec``: (B,) in the net dtype."""
         self.nfe += 1
-        return self.model.denoise(x, t_vec, self.cond, alpha=alpha, sigma=sigma,
-                                  net_dtype=self.net_dtype)
+        eps, x0 = self.model.denoise(x, t_vec, self.cond, alpha=alpha, sigma=sigma,
+                                     net_dtype=self.net_dtype,
+                                     x_self=self.previous_estimate(x))
+        return eps, self.remember(x0)
 
     def reverse_drift(self, x: Tensor, i: int, noise: float = 1.0) -> tuple[Tensor, Tensor]:
         """``(drift, x0_hat)`` of the reverse dynamics at grid point ``i`` (one NFE).
@@ -249,10 +266,11 @@ class SamplingRun:
         ``noise = 0`` probability-flow ODE.
         """
         self.nfe += 1
-        return self.model.reverse_drift(
+        drift, x0 = self.model.reverse_drift(
             x, self._t_vecs[i], self.cond, noise=noise,
             coeffs=(self.alpha[i], self.sigma[i], self.f[i], self.g2[i]),
-            net_dtype=self.net_dtype)
+            net_dtype=self.net_dtype, x_self=self.previous_estimate(x))
+        return drift, self.remember(x0)
 
     def score(self, x: Tensor, i: int) -> tuple[Tensor, Tensor]:
         """``(score, x0_hat)`` at grid point ``i``; ``score = -eps_hat / sigma``."""

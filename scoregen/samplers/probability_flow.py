@@ -41,6 +41,9 @@ class ProbabilityFlow(nn.Module):
         t_min: times below this are clamped to it. Adaptive solvers probe beyond the
             interval (initial step selection, overshoot then interpolation); at t = 0,
             sigma = 0 and the ODE is singular, so the caller's ``t_end`` belongs here.
+        self_conditioning: feed a self-conditioned net the last evaluation's ``x0_hat``
+            (the ``ode`` sampler). Off, the net reads zeros and the velocity is a function
+            of ``(t, x)`` alone, as the change of variables of a likelihood needs.
 
     ``nfe`` counts evaluations; ``x0_hat`` is the last evaluation's x0 estimate.
     """
@@ -51,12 +54,14 @@ class ProbabilityFlow(nn.Module):
         cond: Tensor | None = None,
         net_dtype: torch.dtype | None = None,
         t_min: float = 0.0,
+        self_conditioning: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
         self.cond = cond
         self.net_dtype = net_dtype
         self.t_min = t_min
+        self.self_conditioning = self_conditioning and model.self_condition
         self.nfe = 0
         self.x0_hat: Tensor | None = None
 
@@ -66,9 +71,12 @@ class ProbabilityFlow(nn.Module):
         alpha, sigma = (v.to(x.dtype) for v in sde.alpha_sigma(t64, check=False))
         f, g2 = (v.to(x.dtype) for v in sde.f_g2(t64, check=False))
         t_vec = t64.to(self.net_dtype or x.dtype).expand(x.shape[0])
+        prev = self.x0_hat
+        x_self = (prev.detach() if self.self_conditioning and prev is not None
+                  and prev.shape == x.shape else None)
         drift, self.x0_hat = self.model.reverse_drift(
             x, t_vec, self.cond, noise=0.0, coeffs=(alpha, sigma, f, g2),
-            net_dtype=self.net_dtype)
+            net_dtype=self.net_dtype, x_self=x_self)
         self.nfe += 1
         return drift
 
@@ -121,7 +129,8 @@ def ode(
     run = SamplingRun(model, x, name="ode", steps=steps or 1, spacing=spacing, t_end=t_end,
                       grid=grid, cond=cond, generator=generator, callback=callback,
                       progress=progress, dtype=dtype, device=device)
-    func = ProbabilityFlow(model, run.cond, run.net_dtype, t_min=run.t[-1])
+    func = ProbabilityFlow(model, run.cond, run.net_dtype, t_min=run.t[-1],
+                           self_conditioning=True)
     x = run.x_init
     grid_x = torch.tensor(run.t, dtype=x.dtype, device=x.device)
     for i in run.steps():
@@ -135,4 +144,6 @@ def ode(
         run.nfe += func.nfe
         func.nfe = 0
         run.report(i, x, func.x0_hat)
+    if func.x0_hat is not None:
+        run.remember(func.x0_hat)  # the final denoise reads the flow's last estimate
     return run.finish(run.final_denoise(x) if denoise else x)

@@ -67,8 +67,10 @@ class _ReverseSDE(nn.Module):
         coeffs = self._coefficients(u, y)
         t_vec = (-u).to(self.run.net_dtype).reshape(1).expand(x.shape[0])
         self.run.nfe += 1
-        drift, self.x0_hat = self.run.model.reverse_drift(
-            x, t_vec, self.run.cond, noise=1.0, coeffs=coeffs, net_dtype=self.run.net_dtype)
+        drift, x0 = self.run.model.reverse_drift(
+            x, t_vec, self.run.cond, noise=1.0, coeffs=coeffs, net_dtype=self.run.net_dtype,
+            x_self=self.run.previous_estimate(x))
+        self.x0_hat = self.run.remember(x0)
         drift = (-drift).flatten(1)
         self._memo = (key, drift)
         return drift

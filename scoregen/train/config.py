@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from scoregen.losses import AUX_LOSSES, AUX_WEIGHTINGS, WEIGHTINGS
+from scoregen.losses import AUX_LOSSES, AUX_WEIGHTINGS, SELF_COND_P, WEIGHTINGS
 
 __all__ = ["TrainConfig", "HostOptions", "PRECISIONS", "LR_SCHEDULES", "plain_model_config",
            "plain_run_info"]
@@ -108,6 +108,7 @@ class TrainConfig:
     aux_weighting: str = "alpha2"  # "alpha2" (alpha(t)^2) or "uniform"
     discrete: bool | None = None  # DDPM integer times; None: when the SDE has num_steps
     time_power: float = 1.0  # training-time density ∝ t^(k-1) (losses.sample_times' power)
+    p_self_cond: float = SELF_COND_P  # self-conditioned nets: share trained on own estimate
     seed: int = 0  # seeds the data order and the per-step noise
 
     def __new__(cls, *args: Any, **kwargs: Any) -> TrainConfig:
@@ -116,7 +117,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check, pos_int = _checker(self)
-        for name in ("lr", "min_lr", "weight_decay", "ema_decay", "p_uncond", "time_power"):
+        for name in ("lr", "min_lr", "weight_decay", "ema_decay", "p_uncond", "time_power",
+                     "p_self_cond"):
             check(_is_finite_number(getattr(self, name)), name, "a finite number")
         check(self.grad_clip is None or _is_finite_number(self.grad_clip), "grad_clip",
               "None or a finite number")
@@ -136,6 +138,7 @@ class TrainConfig:
         check(self.grad_clip is None or self.grad_clip > 0, "grad_clip", "None or > 0")
         check(0 <= self.ema_decay < 1, "ema_decay", "in [0, 1)")
         check(0 <= self.p_uncond <= 1, "p_uncond", "in [0, 1]")
+        check(0 <= self.p_self_cond <= 1, "p_self_cond", "in [0, 1]")
         check(self.time_power > 0, "time_power", "> 0 (1: uniform training times)")
         check(self.aux_loss is None or self.aux_loss in AUX_LOSSES, "aux_loss",
               f"None or one of {AUX_LOSSES}")

@@ -56,17 +56,20 @@ def draw_rows(
     model: ScoreModel, x0: Tensor, cond: Tensor | None, *, config: TrainConfig, step: int,
     generator: torch.Generator, device: torch.device, rank: int, world_size: int,
     channels_last: bool = False,
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """``t``, ``eps`` and dropped-out ``cond`` of this rank's rows of the global batch of
-    update ``step`` (0-based); ``eps`` in channels_last when asked (4-D)."""
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """``t``, ``eps``, dropped-out ``cond`` and the self-conditioning rows (None unless
+    the model is self-conditioned) of this rank's rows of the global batch of update
+    ``step`` (0-based); ``eps`` in channels_last when asked (4-D)."""
     g = generator.manual_seed(stable_seed(config.seed, "step", step))
     draw = draw_training_batch(
         model, (x0.shape[0] * world_size, *x0.shape[1:]),
         p_uncond=config.p_uncond if cond is not None else 0.0, discrete=config.discrete,
         time_power=config.time_power, generator=g, device=device, dtype=x0.dtype,
+        p_self_cond=config.p_self_cond if model.self_condition else None,
     ).shard(rank, world_size)
     layout = torch.channels_last if channels_last and x0.ndim == 4 else torch.contiguous_format
-    return draw.t, draw.noise.contiguous(memory_format=layout), drop_condition(cond, draw.keep)
+    return (draw.t, draw.noise.contiguous(memory_format=layout),
+            drop_condition(cond, draw.keep), draw.self_cond)
 
 
 def grad_norm(model: nn.Module, clip: float | None) -> Tensor:

@@ -138,7 +138,8 @@ class Trainer:
         net = dist_utils.wrap_net(model.net, self.device, compile=host.compile,
                                   find_unused_parameters=host.find_unused_parameters)
         # Shares every parameter with `model`; only the net call goes through DDP / compile.
-        self._train_model = ScoreModel(net, model.sde, model.prediction)
+        self._train_model = ScoreModel(net, model.sde, model.prediction,
+                                       self_condition=model.self_condition)
         self.ema = EMA(model, config.ema_decay, warmup=config.ema_warmup)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas,
                                            weight_decay=config.weight_decay)
@@ -215,7 +216,7 @@ class Trainer:
         lr = cfg.lr_at(index)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        t, noise, cond = draw_rows(self.model, x0, cond, config=cfg, step=index,
+        t, noise, cond, self_cond = draw_rows(self.model, x0, cond, config=cfg, step=index,
                                    generator=self._gen, device=self.device, rank=self.rank,
                                    world_size=self.world_size,
                                    channels_last=self.host.channels_last)
@@ -223,7 +224,8 @@ class Trainer:
         with self.autocast:
             loss = dsm_loss(self._train_model, x0, cond, t=t, noise=noise,
                             weighting=cfg.weighting, aux=cfg.aux_loss,
-                            aux_weight=cfg.aux_weight, aux_weighting=cfg.aux_weighting)
+                            aux_weight=cfg.aux_weight, aux_weighting=cfg.aux_weighting,
+                            self_cond=self_cond)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         loss_v, norm_v = host_values(loss, grad_norm(self.model, cfg.grad_clip),
