@@ -60,7 +60,7 @@ from scoregen.metrics import (
     precision_recall,
 )
 from scoregen.nn import ClassifierConfig, FeatureClassifier
-from scoregen.plotting import image_grid, new_figure, save_png
+from scoregen.plotting import image_grid, new_figure, plain_ticks, save_png
 from scoregen.provenance import git_commit
 from scoregen.segmentation import CLASSES, CovidQUDataset, PhantomDataset, SegmentationDataset
 
@@ -362,6 +362,7 @@ def plot_nfe(result: dict[str, Any], path: Path) -> Path:
         ax.set_title(titles[key], fontsize=9)
         ax.set_xlabel("NFE")
         ax.grid(alpha=0.3)
+        plain_ticks(ax)
     axes[0].legend(fontsize=7)
     return save_png(fig, path)
 

@@ -403,6 +403,29 @@ def likelihood_masks_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def synthesis_table(results: list[dict[str, Any]]) -> str:
+    """``benchmarks/synthesis.py`` runs side by side: per model and sampler, the Fréchet
+    distance at each NFE budget (the NFE used in brackets where it differs), against the
+    run's real-vs-real floor and its classifier's Val accuracy."""
+    budgets = sorted({r["nfe_budget"] for res in results for r in res["rows"]})
+    lines = ["| model | classifier Val acc. | floor | sampler | "
+             + " | ".join(f"NFE {b}" for b in budgets) + " |",
+             "| --- | ---: | ---: | --- | " + " | ".join("---:" for _ in budgets) + " |"]
+    for res in results:
+        model = Path(res["checkpoint"]).parent.parent.name
+        acc, floor = res["classifier"]["val_accuracy"], res["floor"]["frechet"]
+        for name in dict.fromkeys(r["sampler"] for r in res["rows"]):
+            by_budget = {r["nfe_budget"]: r for r in res["rows"] if r["sampler"] == name}
+            cells = []
+            for b in budgets:
+                r = by_budget.get(b)
+                cells.append("–" if r is None else f"{r['frechet']:.3g}"
+                             + ("" if r["nfe"] == b else f" ({r['nfe']})"))
+            lines.append(f"| {model} | {acc:.3f} | {floor:.3g} | {name} | "
+                         + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 #: name -> function of the loaded results files, for ``<!-- table: NAME FILES -->`` blocks.
 DOC_TABLES = {
     "summary": summary_table,
@@ -411,6 +434,7 @@ DOC_TABLES = {
     "seeds": seeds_table,
     "domain_shift": lambda rs: domain_shift_table(rs[0]),
     "unconditional_runs": unconditional_runs_table,
+    "synthesis": synthesis_table,
     "likelihood_domains": lambda rs: likelihood_domains_table(rs[0]),
     "likelihood_masks": lambda rs: likelihood_masks_table(rs[0]),
     "operating": lambda rs: operating_table(rs[0]),

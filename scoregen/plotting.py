@@ -34,6 +34,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 
 __all__ = [
+    "plain_ticks",
     "plot_sampler_accuracy", "scatter_panels", "image_grid", "plot_curves",
     "new_figure", "image_array", "png_path", "save_png", "DPI", "PANEL", "ACC_PANEL",
     "CURVE_PANEL", "plot_reliability", "RELIABILITY_PANEL",
@@ -83,6 +84,17 @@ def save_png(fig: Figure, path: Path) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def plain_ticks(ax: Any) -> None:
+    """Ticks of both axes as plain numbers (1-2-5 on log axes, no minor labels), not
+    ``2x10^-1`` labels that overlap on a narrow panel."""
+    for axis in (ax.xaxis, ax.yaxis):
+        if axis.get_scale() == "log":
+            axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            axis.set_minor_formatter(NullFormatter())
+        axis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.tick_params(which="both", labelsize=7)
 
 
 def _numpy(x: ArrayLike, name: str) -> np.ndarray:
@@ -176,12 +188,7 @@ def plot_sampler_accuracy(
             low = min(values.min(initial=floor), floor)
             high = min(max_ratio * floor, 1.1 * values.max(initial=floor))
             ax.set_ylim(0.9 * low, max(high, 1.1 * floor))
-        for axis in (ax.xaxis, ax.yaxis):  # 1-2-5 ticks as plain numbers, not 2x10^-1
-            if axis.get_scale() == "log":
-                axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-                axis.set_minor_formatter(NullFormatter())
-            axis.set_major_formatter(FormatStrFormatter("%g"))
-        ax.tick_params(which="both", labelsize=7)
+        plain_ticks(ax)
         ax.set_title(panel)
         ax.set_xlabel("NFE")
         ax.grid(alpha=0.3, which="both")

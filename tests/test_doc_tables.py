@@ -55,13 +55,15 @@ def test_the_ablation_table_reads_the_recipe_or_parses_the_recorded_command():
                               "aux_weighting": "uniform", "augment": True}}
     ramp = {**base, "recipe": {**new["recipe"], "time_power": 2.0}}
     concat = {**base, "recipe": {**new["recipe"], "cond": "concat", "intensity_augment": True}}
-    rows = tables.ablation_table([old, new, ramp, concat]).splitlines()[2:]
+    self_cond = {**base, "recipe": {**new["recipe"], "self_condition": True}}
+    rows = tables.ablation_table([old, new, ramp, concat, self_cond]).splitlines()[2:]
     assert rows[0].startswith("| ref_infection | small | add | dice_bce (alpha2) | uniform | no "
                               "| 2,160 (20) | 3774 | 446 validation images, ddim with 2 steps "
                               "| 0.7000 | 0.7500 | 0.6900 |")
     assert "| fast | add | dice_bce (uniform) | uniform | yes |" in rows[1]
     assert "| fast | add | dice_bce (uniform) | t^1 | yes |" in rows[2]
     assert "| fast | concat | dice_bce (uniform) | uniform | yes + intensity |" in rows[3]
+    assert "| fast | add + self-cond | dice_bce (uniform) |" in rows[4]
 
 
 def test_the_unconditional_runs_table_reads_the_examples_record():
@@ -74,6 +76,19 @@ def test_the_unconditional_runs_table_reads_the_examples_record():
     row = tables.unconditional_runs_table([run]).splitlines()[2]
     assert row == ("| VE / NCSN (v) | fast | 3,480 | 1,500 s | 0.971 | -1.23..1.50 | 0.980 "
                    "| 0.050 | 1.00 | abc1234 |")
+
+
+def test_the_synthesis_table_puts_each_budget_in_its_column():
+    tables = _tables()
+    rows = [{"sampler": "ddim", "nfe_budget": 5, "nfe": 5, "frechet": 2.6612},
+            {"sampler": "ddim", "nfe_budget": 10, "nfe": 10, "frechet": 1.6},
+            {"sampler": "ode:rk4", "nfe_budget": 10, "nfe": 9, "frechet": 1.382}]
+    res = {"checkpoint": "runs/uncond_vp/checkpoints/step_1.safetensors", "rows": rows,
+           "classifier": {"val_accuracy": 0.8251}, "floor": {"frechet": 0.09177}}
+    lines = tables.synthesis_table([res]).splitlines()
+    assert lines[0].endswith("| sampler | NFE 5 | NFE 10 |")
+    assert lines[2] == "| uncond_vp | 0.825 | 0.0918 | ddim | 2.66 | 1.6 |"
+    assert lines[3] == "| uncond_vp | 0.825 | 0.0918 | ode:rk4 | – | 1.38 (9) |"
 
 
 def test_the_seeds_table_gives_each_seed_and_the_mean_and_sample_sd():
